@@ -1,0 +1,145 @@
+"""Candidates: 3D boxes with per-slice 2D prompt boxes, from a detector mask or from outside.
+
+A candidate's 3D box bounds everything refinement may paint for it; its per-slice boxes are the
+SAM prompts taken from the detector mask's OpenCV contours, enlarged by the expansion.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from .errors import NoduleSAMError
+from .geometry import clip_box3d, expand_box2d
+
+# Defaults, chosen on the LIDC VOIs (see ../shared/notes/stack.md and docs/architecture.md):
+# a tight box plus 2 px is what LiteMedSAM segments best on ~44 px crops.
+MIN_VOLUME_MM3 = 15.0   # a 3 mm sphere is 14 mm3; LIDC counts nodules from 3 mm
+EXPANSION = 0.0         # each side of a prompt box moves out by this fraction of the box size ...
+PAD_PX = 2.0            # ... plus this many pixels
+
+
+@dataclass
+class Candidate:
+    """One nodule to refine.
+
+    box_ijk: half-open voxel box ``(z0, z1, y0, y1, x0, x1)``; the refined mask never leaves it.
+    slice_boxes: slice index z -> prompt box ``[x_min, y_min, x_max, y_max]`` in that slice's
+      pixels (inclusive); empty for boxes given from outside, whose prompts come from the box.
+    score: the detector's mean foreground probability over the component (None if not detected).
+    detector_mask: the detector's component, bool, shaped like the 3D box (None if not detected).
+    """
+
+    name: str
+    box_ijk: tuple[int, int, int, int, int, int]
+    score: float | None = None
+    slice_boxes: dict[int, np.ndarray] = field(default_factory=dict)
+    detected_volume_mm3: float | None = None
+    detector_mask: np.ndarray | None = None
+
+    def prompt_boxes(self) -> dict[int, np.ndarray]:
+        """The detector prompts that still lie inside the (possibly edited) 3D box, clipped to it."""
+        z0, z1, y0, y1, x0, x1 = self.box_ijk
+        out = {}
+        for z, box in self.slice_boxes.items():
+            if not z0 <= z < z1:
+                continue
+            clipped = np.array([max(box[0], x0), max(box[1], y0), min(box[2], x1 - 1),
+                                min(box[3], y1 - 1)], dtype=float)
+            if clipped[0] <= clipped[2] and clipped[1] <= clipped[3]:
+                out[z] = clipped
+        return out
+
+
+def box2d_from_contours(mask2d: np.ndarray) -> np.ndarray | None:
+    """The box around all outer OpenCV contours of a 2D mask, inclusive pixel indices."""
+    contours, _ = cv2.findContours(mask2d.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    x, y, w, h = cv2.boundingRect(np.concatenate(contours))
+    return np.array([x, y, x + w - 1, y + h - 1], dtype=float)
+
+
+def candidates_from_mask(mask: np.ndarray, probability: np.ndarray | None,
+                         spacing_zyx_mm, min_volume_mm3: float = MIN_VOLUME_MM3,
+                         expansion: float = EXPANSION, pad_px: float = PAD_PX) -> list[Candidate]:
+    """Split a detector mask ``[z, y, x]`` into 3D connected components, one candidate each.
+
+    Components smaller than ``min_volume_mm3`` are dropped. Each kept component gets a prompt box
+    per slice (its contours' box, expanded), and a 3D box that holds those prompts and one more
+    slice above and below, so refinement can reach slices the detector missed. Candidates are
+    sorted by score (highest first) and named ``Nodule 1..n``.
+    """
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    voxel_mm3 = float(np.prod(spacing_zyx_mm))
+    found = []
+    for index, region in enumerate(ndimage.find_objects(labels), start=1):
+        if region is None:
+            continue
+        component = labels[region] == index
+        volume_mm3 = float(component.sum()) * voxel_mm3
+        if volume_mm3 < min_volume_mm3:
+            continue
+        score = float(probability[region][component].mean()) if probability is not None else 1.0
+        z_off, y_off, x_off = (s.start for s in region)
+        slice_boxes = {}
+        for dz in range(component.shape[0]):
+            box = box2d_from_contours(component[dz])
+            if box is not None:
+                box = box + [x_off, y_off, x_off, y_off]
+                slice_boxes[z_off + dz] = expand_box2d(box, expansion, pad_px, mask.shape[1:])
+        stacked = np.array(list(slice_boxes.values()))
+        box_ijk = clip_box3d((region[0].start - 1, region[0].stop + 1,
+                              int(np.floor(stacked[:, 1].min())), int(np.ceil(stacked[:, 3].max())) + 1,
+                              int(np.floor(stacked[:, 0].min())), int(np.ceil(stacked[:, 2].max())) + 1),
+                             mask.shape)
+        z0, z1, y0, y1, x0, x1 = box_ijk
+        detector_mask = labels[z0:z1, y0:y1, x0:x1] == index
+        found.append(Candidate("", box_ijk, score, slice_boxes, volume_mm3, detector_mask))
+    found.sort(key=lambda c: -c.score)
+    for number, candidate in enumerate(found, start=1):
+        candidate.name = f"Nodule {number}"
+    return found
+
+
+def candidates_from_boxes(boxes: list[dict], shape_zyx) -> tuple[list[Candidate], list[str]]:
+    """Candidates from given 3D boxes (``{"name": ..., "ijk": [z0, z1, y0, y1, x0, x1]}``).
+
+    Boxes reaching outside the volume are clipped (with a message); boxes with no voxel inside it,
+    or empty, are rejected with a message. Returns the candidates and the messages.
+    """
+    candidates, messages = [], []
+    for number, entry in enumerate(boxes, start=1):
+        name = str(entry.get("name") or f"Nodule {number}")
+        ijk = entry.get("ijk")
+        if ijk is None or len(ijk) != 6:
+            raise NoduleSAMError(f"box '{name}': needs 'ijk': [z0, z1, y0, y1, x0, x1]")
+        ijk = tuple(int(round(v)) for v in ijk)
+        clipped = clip_box3d(ijk, shape_zyx)
+        if clipped is None:
+            messages.append(f"box '{name}' {list(ijk)} is empty or outside the volume "
+                            f"{list(shape_zyx)} (z, y, x): skipped")
+            continue
+        if clipped != ijk:
+            messages.append(f"box '{name}' {list(ijk)} reached outside the volume: clipped to "
+                            f"{list(clipped)}")
+        candidates.append(Candidate(name, clipped))
+    return candidates, messages
+
+
+def read_boxes_json(path: str | Path) -> list[dict]:
+    """The ``boxes`` list of a boxes JSON, or the ``nodules`` list of a NoduleSAM report."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise NoduleSAMError(f"{path}: cannot read boxes JSON ({err})") from None
+    boxes = data.get("boxes", data.get("nodules")) if isinstance(data, dict) else None
+    if not isinstance(boxes, list):
+        raise NoduleSAMError(f"{path}: expected {{\"boxes\": [{{\"name\": ..., \"ijk\": "
+                             "[z0, z1, y0, y1, x0, x1]}, ...]}")
+    return boxes

