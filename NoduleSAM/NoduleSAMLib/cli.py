@@ -65,8 +65,7 @@ def build_pipeline(args, need_detector: bool):
                             args.detector_checkpoint, device, args.mirroring)
     refiner = None
     if not args.no_refine:
-        settings = RefineSettings(crop_margin_px=args.crop_margin, expansion=args.expansion,
-                                  pad_px=args.pad_px)
+        settings = RefineSettings(crop_margin_px=args.crop_margin)
         refiner = BoxRefiner(models.build_sam(args.refiner, args.checkpoint, device), settings,
                              bf16=args.bf16)
     return Pipeline(detector, refiner, args.min_volume, args.expansion, args.pad_px)

@@ -1,0 +1,390 @@
+"""Scenarios shared by pytest (under ``slicer-core``) and the Slicer self-test (``NoduleSAMTest``).
+
+Each scenario drives :mod:`scene` as the module's buttons do and checks the scene afterwards, so
+both paths test the same code. A scenario raises :class:`ScenarioFailure` with what went wrong.
+The caller supplies the scene and a real chest CT case (:func:`lidc_case` or :func:`demo_case`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import scene as sc
+from .boxes import Candidate, candidates_from_mask
+from .volume import CTVolume, read_ct
+
+LIDC_ENV = "NODULESAM_LIDC_DIR"
+
+
+class ScenarioFailure(AssertionError):
+    """A scenario's check failed (kept when Python runs with -O, unlike ``assert``)."""
+
+
+def check(condition, message: str) -> None:
+    if not condition:
+        raise ScenarioFailure(message)
+
+
+@dataclass
+class Case:
+    """A real CT cropped around a nodule, and its reference mask (same grid)."""
+
+    volume: CTVolume
+    reference: np.ndarray
+
+    def candidates(self) -> list[Candidate]:
+        """Candidates as the detector would give them, from the reference mask."""
+        return candidates_from_mask(self.reference, None, self.volume.spacing_zyx_mm)
+
+    def user_box(self) -> tuple[int, ...]:
+        """A box a user might draw away from the nodule (Add box): 12x12 px on the middle slice."""
+        z = self.volume.hu.shape[0] // 2
+        return (z, z + 1, 4, 16, 4, 16)
+
+
+def crop_volume(volume: CTVolume, box_ijk) -> CTVolume:
+    """The sub-volume ``box_ijk`` with its origin moved so every voxel keeps its RAS position."""
+    z0, z1, y0, y1, x0, x1 = box_ijk
+    shift = np.eye(4)
+    shift[:3, 3] = [x0, y0, z0]
+    return CTVolume(volume.hu[z0:z1, y0:y1, x0:x1].copy(), volume.ijk_to_ras @ shift,
+                    volume.source)
+
+
+def default_lidc_dir() -> Path:
+    """``$NODULESAM_LIDC_DIR``, else ``../shared/data/lidc`` beside the repository."""
+    here = Path(__file__).resolve()
+    return Path(os.environ.get(LIDC_ENV, here.parents[2].parent / "shared" / "data" / "lidc"))
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+
+
+# LIDC-IDRI-0001, nodule 1: consensus box (i, j, k) [299..335, 343..387, 86..93]. The crop keeps
+# context in-plane and three of its slices: each slice costs one encoder call per ROI.
+LIDC_CROP = (88, 91, 310, 420, 270, 365)
+
+
+def lidc_case(lidc_dir: Path | None = None) -> Case:
+    """LIDC-IDRI-0001 (DICOM, read by the engine) around nodule 1, with the 50% consensus."""
+    scans = Path(lidc_dir or default_lidc_dir()) / "scans"
+    volume = read_ct(next((scans / "LIDC-IDRI-0001").glob("*/*")))
+    reference = _read_mask(scans / "LIDC-IDRI-0001.consensus50.nii.gz")
+    z0, z1, y0, y1, x0, x1 = LIDC_CROP
+    return Case(crop_volume(volume, LIDC_CROP), reference[z0:z1, y0:y1, x0:x1].copy())
+
+
+def demo_case() -> Case:
+    """The demo CT (pyradiomics ``lung1``, fetched and cached by pip) around its lesion."""
+    from .demo_data import demo_ct
+
+    image, label = demo_ct()
+    volume = read_ct(image)
+    reference = _read_mask(label)
+    zs, ys, xs = np.nonzero(reference)
+    zc = int(np.median(zs))
+    box = (max(zc - 1, 0), min(zc + 2, reference.shape[0]), max(ys.min() - 30, 0),
+           min(ys.max() + 30, reference.shape[1]), max(xs.min() - 30, 0),
+           min(xs.max() + 30, reference.shape[2]))
+    z0, z1, y0, y1, x0, x1 = box
+    return Case(crop_volume(volume, box), reference[z0:z1, y0:y1, x0:x1].copy())
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / float(total)
+
+
+def _segment_mask(params, roi, shape) -> np.ndarray:
+    mask = np.zeros(int(np.prod(shape)), dtype=bool)
+    segment_id = sc.segment_of_roi(params, roi)
+    check(segment_id is not None, f"'{roi.GetName()}' has no segment")
+    mask[sc.segment_voxels(params.outputSegmentation, segment_id, params.inputVolume)] = True
+    return mask.reshape(shape)
+
+
+def translate_world(scene, node, offset_ras):
+    """Put ``node`` under a new linear transform that moves it by ``offset_ras`` (mm)."""
+    import vtk
+
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "NoduleSAM test shift")
+    matrix = vtk.vtkMatrix4x4()
+    for axis in range(3):
+        matrix.SetElement(axis, 3, float(offset_ras[axis]))
+    transform.SetMatrixTransformToParent(matrix)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    return transform
+
+
+# ---------------------------------------------------------------------------------------------
+def volume_round_trip(scene, case: Case):
+    """CTVolume -> volume node -> CTVolume keeps the voxels and the geometry exactly."""
+    node = sc.add_volume_node(scene, case.volume, "CT")
+    back = sc.ct_from_volume_node(node)
+    check(np.array_equal(back.hu, case.volume.hu), "voxels changed in the volume node")
+    check(np.allclose(back.ijk_to_ras, case.volume.ijk_to_ras, atol=1e-6),
+          f"IJK->RAS changed: {back.ijk_to_ras} vs {case.volume.ijk_to_ras}")
+    return node
+
+
+def roi_edits(scene, volume_node, case: Case):
+    """Candidate -> ROI -> box is exact; moving, resizing, rotating and transforming the ROI as a
+    user would gives the box Slicer's own Crop Volume computes for it."""
+    import slicer
+
+    params = sc.Parameters.get_or_create(scene)
+    params.inputVolume = volume_node
+    candidate = case.candidates()[0]
+    roi = sc.add_roi_for_candidate(params, candidate, "Edited ROI")
+    check(sc.box_from_roi(roi, volume_node) == candidate.box_ijk,
+          f"ROI box {sc.box_from_roi(roi, volume_node)} != candidate {candidate.box_ijk}")
+    volume = case.volume
+    spacing_ijk = volume.spacing_ijk_mm
+    direction_i = volume.ijk_to_ras[:3, 0] / spacing_ijk[0]
+
+    def crop_volume_box():
+        extent = [0] * 6
+        slicer.vtkSlicerCropVolumeLogic.GetVoxelBasedCropOutputExtent(roi, volume_node, extent,
+                                                                      False)
+        return (extent[4], extent[5] + 1, extent[2], extent[3] + 1, extent[0], extent[1] + 1)
+
+    z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+    center = np.array(roi.GetCenter())
+    roi.SetCenter(*(center + 3 * spacing_ijk[0] * direction_i))           # move 3 voxels along i
+    check(sc.box_from_roi(roi, volume_node) == (z0, z1, y0, y1, x0 + 3, x1 + 3),
+          f"moved ROI gives {sc.box_from_roi(roi, volume_node)}")
+    size = np.array(roi.GetSize())
+    roi.SetSize(size[0], size[1] + 4 * spacing_ijk[1], size[2])           # 2 voxels more each side
+    check(sc.box_from_roi(roi, volume_node) == (z0, z1, y0 - 2, y1 + 2, x0 + 3, x1 + 3),
+          f"resized ROI gives {sc.box_from_roi(roi, volume_node)}")
+    matrix = roi.GetObjectToNodeMatrix()
+    rotation = np.eye(4)
+    angle = np.radians(30)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    rotated = sc._matrix_to_array(matrix) @ rotation                      # 30 degrees, axial
+    roi.SetAndObserveObjectToNodeMatrix(sc._array_to_matrix(rotated))
+    check(sc.box_from_roi(roi, volume_node) == crop_volume_box(),
+          f"rotated ROI gives {sc.box_from_roi(roi, volume_node)}, Crop Volume {crop_volume_box()}")
+    translate_world(scene, roi, [5.0, -7.5, 2.5])
+    check(sc.box_from_roi(roi, volume_node) == crop_volume_box(),
+          f"transformed ROI gives {sc.box_from_roi(roi, volume_node)}, Crop Volume "
+          f"{crop_volume_box()}")
+    scene.RemoveNode(roi)
+
+
+def refine_and_edit(scene, volume_node, case: Case, logic: sc.Logic | None = None):
+    """The Detect -> edit -> Refine loop on a real nodule and a box the user added.
+
+    Checks: one named, coloured segment per ROI that matches the reference; a second Refine does
+    nothing; editing one ROI re-refines only it, from cached embeddings; a segment edited by hand
+    is kept (and replaced only when asked); errors leave the scene as it was.
+    Returns (params, logic) for the next scenario.
+    """
+    logic = logic or sc.Logic()
+    params = sc.Parameters.get_or_create(scene)
+    params.inputVolume = volume_node
+    nodule, = logic.add_candidates(params, case.candidates())
+    check(nodule.GetName() == "Nodule 1", f"first ROI is named '{nodule.GetName()}'")
+    added = sc.add_roi(params)                                            # Add box
+    check(added.GetName() == "Nodule 2", f"added ROI is named '{added.GetName()}'")
+    sc.set_roi_to_box(added, volume_node, case.user_box())
+    shape = case.volume.hu.shape
+
+    first = logic.refine(params)
+    check(sorted(first.refined) == ["Nodule 1", "Nodule 2"], f"first Refine: {first}")
+    segmentation = params.outputSegmentation.GetSegmentation()
+    check(segmentation.GetNumberOfSegments() == 2, "expected two segments")
+    names = [segmentation.GetNthSegment(n).GetName() for n in range(2)]
+    check(sorted(names) == ["Nodule 1", "Nodule 2"], f"segment names {names}")
+    colors = {tuple(np.round(segmentation.GetNthSegment(n).GetColor(), 3)) for n in range(2)}
+    check(len(colors) == 2, "segments share a colour")
+    reference_geometry = params.outputSegmentation.GetNodeReference(
+        params.outputSegmentation.GetReferenceImageGeometryReferenceRole())
+    check(reference_geometry is volume_node, "the segmentation's reference geometry is not the CT")
+    nodule_mask = _segment_mask(params, nodule, shape)
+    score = dice(nodule_mask, case.reference)
+    check(score > 0.7, f"Nodule 1 Dice vs the reference {score:.3f}")
+    z0, z1, y0, y1, x0, x1 = sc.box_from_roi(nodule, volume_node)
+    outside = nodule_mask.copy()
+    outside[z0:z1, y0:y1, x0:x1] = False
+    check(not outside.any(), "Nodule 1's segment leaks out of its ROI")
+    table = params.measurementTable.GetTable()
+    check(table.GetNumberOfRows() == 2, "measurement table should have two rows")
+    volume_mm3 = table.GetColumnByName("Volume (mm3)").GetValue(0)
+    expected = nodule_mask.sum() * float(np.prod(case.volume.spacing_zyx_mm))
+    check(abs(volume_mm3 - expected) < 1e-3 * expected, f"table volume {volume_mm3} != {expected}")
+
+    second = logic.refine(params)
+    check(second.refined == [] and sorted(second.unchanged) == ["Nodule 1", "Nodule 2"]
+          and second.encoder_calls == 0, f"second Refine without edits did work: {second}")
+
+    other_hash = sc._segment_tag(segmentation.GetSegment(sc.segment_of_roi(params, added)),
+                                 sc.SEGMENT_HASH_TAG)
+    size = np.array(nodule.GetSize())
+    nodule.SetSize(*(size - [2 * case.volume.spacing_ijk_mm[0], 0, 0]))  # one voxel less each side
+    third = logic.refine(params)
+    check(third.refined == ["Nodule 1"] and third.unchanged == ["Nodule 2"],
+          f"after editing Nodule 1 only: {third}")
+    check(third.encoder_calls == 0, f"editing one ROI re-ran the encoder {third.encoder_calls} "
+                                    "times; the cached crop embeddings should serve it")
+    check(sc._segment_tag(segmentation.GetSegment(sc.segment_of_roi(params, added)),
+                          sc.SEGMENT_HASH_TAG) == other_hash, "Nodule 2 was rewritten")
+
+    # The user paints over Nodule 1 by hand, then moves its ROI: Refine keeps the hand edit.
+    segment_id = sc.segment_of_roi(params, nodule)
+    edited = _segment_mask(params, nodule, shape)
+    edited[edited.nonzero()[0].min()] = False                             # erase its first slice
+    _paint_by_hand(params, segment_id, edited)
+    nodule.SetSize(*size)
+    check(logic.refine_states(params)["Nodule 1"] == sc.EDITED, "hand edit not noticed")
+    kept = logic.refine(params)
+    check(kept.kept_edited == ["Nodule 1"] and kept.refined == [], f"hand edit not kept: {kept}")
+    check(np.array_equal(_segment_mask(params, nodule, shape), edited), "hand edit overwritten")
+    added_copy = logic.refine(params, edited=sc.ADD)
+    check(added_copy.refined == ["Nodule 1"] and segmentation.GetNumberOfSegments() == 3,
+          f"Refine with 'add' should add a segment beside the hand-edited one: {added_copy}")
+    check(np.array_equal(_segment_mask_by_id(params, segment_id, shape), edited),
+          "the hand-edited segment changed when a new one was added")
+
+    # Errors leave the scene as it was.
+    stray = sc.add_roi(params)
+    sc.set_roi_to_box(stray, volume_node, (shape[0] + 5, shape[0] + 9, 0, 4, 0, 4))
+    before = (scene.GetNumberOfNodes(), segmentation.GetNumberOfSegments(),
+              params.measurementTable.GetTable().GetNumberOfRows())
+    try:
+        logic.refine(params)
+    except sc.NoduleSAMError as err:
+        check("outside the CT" in str(err), f"unclear message for an ROI off the CT: {err}")
+    else:
+        raise ScenarioFailure("an ROI outside the CT was accepted")
+    check((scene.GetNumberOfNodes(), segmentation.GetNumberOfSegments(),
+           params.measurementTable.GetTable().GetNumberOfRows()) == before,
+          "a failed Refine changed the scene")
+    scene.RemoveNode(stray)
+    return params, logic
+
+
+def _paint_by_hand(params, segment_id, mask) -> None:
+    """Replace a segment's voxels as the Segment Editor does (its tags untouched)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    nz, ny, nx = mask.shape
+    image.SetExtent(0, nx - 1, 0, ny - 1, 0, nz - 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
+    matrix = vtk.vtkMatrix4x4()
+    params.inputVolume.GetIJKToRASMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    check(logic.SetBinaryLabelmapToSegment(image, params.outputSegmentation, segment_id,
+                                           logic.MODE_REPLACE), "could not paint the segment")
+
+
+def _segment_mask_by_id(params, segment_id, shape) -> np.ndarray:
+    mask = np.zeros(int(np.prod(shape)), dtype=bool)
+    mask[sc.segment_voxels(params.outputSegmentation, segment_id, params.inputVolume)] = True
+    return mask.reshape(shape)
+
+
+def snapshot(params) -> dict:
+    """What a saved scene must restore: inputs, ROIs (names, boxes), segments, tables."""
+    volume_node = params.inputVolume
+    segmentation = params.outputSegmentation.GetSegmentation()
+    return {
+        "settings": {p.name: getattr(params, p.name) for p in sc.PARAMETERS if not sc._is_node(p)},
+        "volume": volume_node.GetName(),
+        "rois": [(r.GetName(), sc.box_from_roi(r, volume_node), sc.segment_of_roi(params, r))
+                 for r in params.rois],
+        "segments": {segmentation.GetNthSegmentID(n): (
+            segmentation.GetNthSegment(n).GetName(),
+            sc.voxel_hash(sc.segment_voxels(params.outputSegmentation,
+                                            segmentation.GetNthSegmentID(n), volume_node)))
+            for n in range(segmentation.GetNumberOfSegments())},
+        "measurements": params.measurementTable.GetTable().GetNumberOfRows(),
+        "candidates": params.candidateTable.GetTable().GetNumberOfRows(),
+    }
+
+
+def save_and_reload(params, save_reload, logic: sc.Logic):
+    """``save_reload(scene) -> scene`` saves the scene (.mrb) and loads it back; the parameter
+    node must restore everything, and a Refine right after finds nothing to do."""
+    params.cropMargin = params.cropMargin  # written, as the GUI writes it
+    before = snapshot(params)
+    scene = save_reload(params.scene)
+    restored = sc.Parameters.get_or_create(scene)
+    check(restored.inputVolume is not None and restored.outputSegmentation is not None,
+          "the parameter node lost its inputs or outputs")
+    after = snapshot(restored)
+    for key in before:
+        check(before[key] == after[key], f"{key} not restored: {before[key]} vs {after[key]}")
+    summary = logic.refine(restored)
+    check(summary.refined == [] and summary.encoder_calls == 0,
+          f"Refine after reload redid work: {summary}")
+    return restored
+
+
+def cancel_and_errors(scene, volume_node, case: Case, logic: sc.Logic | None = None):
+    """Cancel during a job's work, a missing detector, and no boxes: the scene stays as it was."""
+    import threading
+
+    logic = logic or sc.Logic()
+    params = sc.Parameters.get_or_create(scene)
+    params.inputVolume = volume_node
+    try:
+        logic.refine(params)
+    except sc.NoduleSAMError as err:
+        check("no nodule boxes" in str(err), f"unclear message without boxes: {err}")
+    else:
+        raise ScenarioFailure("Refine without boxes was accepted")
+    logic.add_candidates(params, case.candidates())
+    before = scene.GetNumberOfNodes()
+    job = logic.refine_job(params)
+    outcome = []
+
+    def cancelled_progress(done, total, text=""):
+        raise sc.Cancelled()
+
+    def worker():
+        try:
+            job.work(cancelled_progress)
+        except sc.Cancelled:
+            outcome.append("cancelled")
+
+    thread = threading.Thread(target=worker)  # work() runs off the main thread, as in Slicer
+    thread.start()
+    thread.join()
+    check(outcome == ["cancelled"], "Cancel did not stop the work")
+    check(scene.GetNumberOfNodes() == before and params.outputSegmentation is None,
+          "a cancelled Refine changed the scene")
+    params.detector = "/no/such/detector/folder"
+    try:
+        logic.detect(params)
+    except sc.NoduleSAMError as err:
+        check("neither a registry name" in str(err), f"unclear message for a missing detector: {err}")
+    else:
+        raise ScenarioFailure("a missing detector was accepted")
+    check(scene.GetNumberOfNodes() == before, "a failed Detect changed the scene")
+    params.detector = sc.models.DEFAULT_DETECTOR
+
+
+def detect(scene, volume_node, logic: sc.Logic | None = None):
+    """Detect on the CT: one ROI per candidate; a second Detect adds no duplicates."""
+    logic = logic or sc.Logic()
+    params = sc.Parameters.get_or_create(scene)
+    params.inputVolume = volume_node
+    rois = logic.detect(params)
+    names = [r.GetName() for r in rois]
+    check(names == [f"Nodule {n}" for n in range(1, len(rois) + 1)], f"ROI names {names}")
+    check(params.candidateTable.GetTable().GetNumberOfRows() == len(rois), "candidate table")
+    again = logic.detect(params)
+    check(again == [], f"a second Detect added {[r.GetName() for r in again]}")
+    return rois

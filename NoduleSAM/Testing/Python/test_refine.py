@@ -1,0 +1,70 @@
+"""The bundled LiteMedSAM refiner on real LIDC nodules, and its embedding cache."""
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from NoduleSAMLib.boxes import PAD_PX, candidates_from_mask
+from NoduleSAMLib.geometry import box2d_of_mask, expand_box2d
+from NoduleSAMLib.refine import BoxRefiner
+
+
+def dice(a, b):
+    return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def read(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+@pytest.fixture(scope="module")
+def test_cases(lidc_dir):
+    """The first 12 test-split VOIs: HU crop and 50% consensus, ``[z, y, x]``."""
+    cases = pd.read_csv(lidc_dir / "voi" / "cases.csv")
+    ids = cases[cases.split == "test"].case_id.head(12)
+    return [(cid, read(lidc_dir / "voi" / cid / "image.nii.gz").astype(np.float32),
+             read(lidc_dir / "voi" / cid / "consensus50.nii.gz") > 0) for cid in ids]
+
+
+def test_box_prompt_beats_filled_box_on_lidc_central_slices(sam, test_cases):
+    refiner = BoxRefiner(sam)
+    sam_dice, filled_dice = [], []
+    for cid, hu, truth in test_cases:
+        z = int(np.argmax(truth.sum(axis=(1, 2))))
+        box = expand_box2d(box2d_of_mask(truth[z]), 0.0, PAD_PX, truth.shape[1:])
+        mask = refiner.segment(hu[z], box, (cid, z))
+        assert mask.shape == truth[z].shape and mask.dtype == bool
+        filled = np.zeros_like(truth[z])
+        x0, y0, x1, y1 = box.astype(int)
+        filled[y0:y1 + 1, x0:x1 + 1] = True
+        sam_dice.append(dice(mask, truth[z]))
+        filled_dice.append(dice(filled, truth[z]))
+    # measured 0.91 (SAM) vs 0.57 (filled box) on the first 30 test cases
+    assert np.mean(sam_dice) > 0.8
+    assert np.mean(sam_dice) > np.mean(filled_dice) + 0.15
+    assert refiner.encoder_calls == len(test_cases)
+
+
+def test_editing_a_box_inside_the_crop_reuses_the_embedding(sam, test_cases):
+    refiner = BoxRefiner(sam)
+    cid, hu, truth = test_cases[0]
+    z = int(np.argmax(truth.sum(axis=(1, 2))))
+    box = expand_box2d(box2d_of_mask(truth[z]), 0.0, PAD_PX, truth.shape[1:])
+    first = refiner.segment(hu[z], box, (cid, z))
+    nudged = refiner.segment(hu[z], box + [1, 1, 1, 1], (cid, z))
+    assert refiner.encoder_calls == 1  # decoder only
+    assert dice(first, nudged) > 0.8
+    refiner.segment(hu[z], box + 400, (cid, z))  # far away: a new crop
+    refiner.segment(hu[z - 1], box, (cid, z - 1))  # another slice
+    assert refiner.encoder_calls == 3
+
+
+def test_refine_candidate_in_3d(sam, nodule_crop_0001):
+    """A detector-style candidate from the reference mask: every slice gets a prompt."""
+    volume, truth = nodule_crop_0001
+    candidate = candidates_from_mask(truth, None, volume.spacing_zyx_mm)[0]
+    z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+    mask = BoxRefiner(sam).refine(volume.hu, candidate, "crop-0001")
+    assert mask.shape == (z1 - z0, y1 - y0, x1 - x0)
+    assert dice(mask, truth[z0:z1, y0:y1, x0:x1]) > 0.8
+    assert not truth[:z0].any() and not truth[z1:].any()

@@ -1,0 +1,129 @@
+"""Reading CTs: the real LIDC DICOM series against SimpleITK, and every bad input we refuse."""
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from NoduleSAMLib.errors import NoduleSAMError
+from NoduleSAMLib.volume import CTVolume, check_ct, read_ct, window
+
+
+def test_dicom_series_matches_simpleitk(ct_0001, series_0001, lidc_dir):
+    import json
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series_0001)))
+    image = reader.Execute()
+    assert ct_0001.hu.shape == (133, 512, 512)
+    np.testing.assert_array_equal(ct_0001.hu, sitk.GetArrayFromImage(image).astype(np.float32))
+    np.testing.assert_allclose(ct_0001.spacing_ijk_mm, image.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(ct_0001.origin_lps_mm, image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(ct_0001.direction_lps.ravel(), image.GetDirection(), atol=1e-6)
+    reference = json.loads((lidc_dir / "scans" / "LIDC-IDRI-0001.reference.json").read_text())
+    slice_z = ct_0001.zyx_to_lps(np.column_stack([np.arange(133), np.zeros(133), np.zeros(133)]))[:, 2]
+    np.testing.assert_allclose(slice_z, reference["slice_z_lps_mm"], atol=1e-4)  # ascending z
+    # the reference nodule's mean HU, as the data README gives it
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(lidc_dir / "scans" /
+                                                       "LIDC-IDRI-0001.consensus50.nii.gz")))
+    assert ct_0001.hu[labels == 1].mean() == pytest.approx(-77.4, abs=0.5)
+
+
+def copy_slices(series, folder, count=6, start=60):
+    folder.mkdir()
+    files = sorted(series.glob("*.dcm"), key=lambda f: float(pydicom.dcmread(
+        f, stop_before_pixels=True).ImagePositionPatient[2]))[start:start + count]
+    for file in files:
+        shutil.copy(file, folder / file.name)
+    return sorted(folder.glob("*.dcm"), key=lambda f: float(pydicom.dcmread(
+        f, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def test_small_series_reads_in_position_order(series_0001, tmp_path):
+    files = copy_slices(series_0001, tmp_path / "s")
+    for index, file in enumerate(reversed(files)):  # file names no longer follow position
+        file.rename(file.with_name(f"{index:03d}.dcm"))
+    volume = read_ct(tmp_path / "s")
+    z = volume.zyx_to_lps(np.column_stack([np.arange(6), np.zeros(6), np.zeros(6)]))[:, 2]
+    assert np.all(np.diff(z) > 0)
+
+
+def expect_error(path, *fragments):
+    with pytest.raises(NoduleSAMError) as error:
+        read_ct(path)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_wrong_modality(series_0001, tmp_path):
+    for file in copy_slices(series_0001, tmp_path / "mr"):
+        ds = pydicom.dcmread(file)
+        ds.Modality = "MR"
+        ds.save_as(file)
+    expect_error(tmp_path / "mr", "modality is 'MR'", "CT only")
+
+
+def test_missing_slice_is_refused(series_0001, tmp_path):
+    files = copy_slices(series_0001, tmp_path / "gap")
+    files[3].unlink()
+    expect_error(tmp_path / "gap", "unevenly spaced", "missing")
+
+
+def test_two_series_in_one_folder(series_0001, tmp_path):
+    files = copy_slices(series_0001, tmp_path / "two")
+    for file in files[:3]:
+        ds = pydicom.dcmread(file)
+        ds.SeriesInstanceUID = "1.2.3.4"
+        ds.save_as(file)
+    expect_error(tmp_path / "two", "holds 2 series", "1.2.3.4", "--series")
+    assert read_ct(tmp_path / "two", series_uid="1.2.3.4").hu.shape[0] == 3
+
+
+def test_broken_pixel_data(series_0001, tmp_path):
+    files = copy_slices(series_0001, tmp_path / "broken")
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[: len(data) - 200_000])
+    expect_error(tmp_path / "broken", files[2].name, "broken DICOM")
+
+
+def test_one_slice_and_empty_folder(series_0001, tmp_path):
+    copy_slices(series_0001, tmp_path / "one", count=1)
+    expect_error(tmp_path / "one", "one slice")
+    (tmp_path / "empty").mkdir()
+    expect_error(tmp_path / "empty", "no DICOM image slices")
+    expect_error(tmp_path / "nothing-here", "no such file")
+
+
+def write_image(path, array, spacing=(0.7, 0.7, 2.5)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing[: image.GetDimension()])
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_image_files_round_trip_and_bad_content(tmp_path):
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1024, 400, size=(4, 16, 16)).astype(np.int16)
+    for suffix in (".nrrd", ".nii.gz", ".mha"):
+        volume = read_ct(write_image(tmp_path / f"ct{suffix}", hu))
+        np.testing.assert_array_equal(volume.hu, hu)
+        np.testing.assert_allclose(volume.spacing_zyx_mm, (2.5, 0.7, 0.7))
+    expect_error(write_image(tmp_path / "slice.nrrd", hu[0]), "2D image")
+    expect_error(write_image(tmp_path / "thin.nrrd", hu[:1]), "2D image")
+    nan = hu.astype(np.float32)
+    nan[1, 2, 3] = np.nan
+    expect_error(write_image(tmp_path / "nan.nrrd", nan), "NaN")
+    expect_error(write_image(tmp_path / "flat.mha", np.full((4, 8, 8), -1000, np.int16)), "constant")
+    mr_like = rng.integers(0, 3000, size=(4, 16, 16)).astype(np.int16)
+    expect_error(write_image(tmp_path / "mr.nrrd", mr_like), "Hounsfield", "another modality")
+    (tmp_path / "notes.txt").write_text("x")
+    expect_error(tmp_path / "notes.txt", "not a DICOM folder")
+    (tmp_path / "garbage.nrrd").write_bytes(b"NRRD0004\nnonsense")
+    expect_error(tmp_path / "garbage.nrrd", "cannot read")
+
+
+def test_check_ct_rejects_empty_and_window():
+    with pytest.raises(NoduleSAMError, match="empty|2D"):
+        check_ct(CTVolume(np.zeros((0, 4, 4), np.float32), np.eye(4)))
+    np.testing.assert_allclose(window(np.array([-2000.0, -600.0, 500.0]), -1350, 150), [0, 0.5, 1])
