@@ -533,9 +533,12 @@ class Logic:
     Refine presses (editing one ROI re-runs the mask decoder, and the encoder only for crops the
     edit moved out of)."""
 
-    def __init__(self):
+    def __init__(self, detector=None):
+        """detector: an object with ``predict(CTVolume) -> detect.Detection`` to use instead of
+        loading the one the parameters name (scripts holding a model, tests)."""
         self._refiner: BoxRefiner | None = None
         self._refiner_key = None
+        self._given_detector = detector
         self._detector = None
         self._detector_key = None
 
@@ -560,6 +563,8 @@ class Logic:
     def detector(self, config: dict):
         from .detect import Detector
 
+        if self._given_detector is not None:
+            return self._given_detector
         key = (config["detector"], config["device"], config["mirroring"])
         if self._detector is None or self._detector_key != key:
             folder = models.detector_folder(config["detector"])

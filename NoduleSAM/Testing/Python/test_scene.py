@@ -1,0 +1,123 @@
+"""The Slicer module's scene logic under slicer-core (real MRML, no GUI) on a real chest CT.
+
+The checks live in ``NoduleSAMLib/scenarios.py`` and run unchanged in Slicer's self-test.
+Skips when slicer-core or the shared LIDC data (LIDC-IDRI-0001) is absent.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core vtk)")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest_slicer import HeadlessScene, lidc_dir  # noqa: E402
+from NoduleSAMLib import models, scenarios  # noqa: E402
+from NoduleSAMLib import scene as sc  # noqa: E402
+from NoduleSAMLib.errors import NoduleSAMError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def case():
+    folder = lidc_dir()
+    if not (folder / "scans" / "LIDC-IDRI-0001").is_dir():
+        pytest.skip(f"shared LIDC data not found at {folder} (set NODULESAM_LIDC_DIR)")
+    return scenarios.lidc_case(folder)
+
+
+@pytest.fixture
+def headless():
+    return HeadlessScene()
+
+
+def test_volume_node_round_trip(headless, case):
+    scenarios.volume_round_trip(headless.scene, case)
+
+
+def test_volume_node_rejects_non_ct(headless, case):
+    params = sc.Parameters.get_or_create(headless.scene)
+    with pytest.raises(NoduleSAMError, match="select a CT volume"):
+        sc.Logic().refine(params)
+    flat = scenarios.Case(sc.CTVolume(np.full((3, 8, 8), 40.0, np.float32), case.volume.ijk_to_ras),
+                          case.reference)
+    params.inputVolume = sc.add_volume_node(headless.scene, flat.volume, "not a CT")
+    with pytest.raises(NoduleSAMError, match="constant"):
+        sc.Logic().refine(params)
+
+
+def test_roi_edits_give_crop_volume_boxes(headless, case):
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    scenarios.roi_edits(headless.scene, volume_node, case)
+
+
+def test_roi_follows_a_transformed_volume(headless, case):
+    """A CT under a parent transform: ROIs follow it, boxes stay in the CT's voxels."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    scenarios.translate_world(headless.scene, volume_node, [12.0, -3.0, 5.0])
+    params = sc.Parameters.get_or_create(headless.scene)
+    params.inputVolume = volume_node
+    candidate = case.candidates()[0]
+    roi = sc.add_roi_for_candidate(params, candidate)
+    assert roi.GetTransformNodeID() == volume_node.GetTransformNodeID()
+    assert sc.box_from_roi(roi, volume_node) == candidate.box_ijk
+
+
+def test_cancel_and_errors_leave_the_scene(headless, case):
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    scenarios.cancel_and_errors(headless.scene, volume_node, case)
+
+
+def test_parameters_use_the_parameter_node_wrapper_format(headless):
+    params = sc.Parameters.get_or_create(headless.scene)
+    assert sc.Parameters.get_or_create(headless.scene).node is params.node
+    node = params.node
+    assert node.GetParameter("refiner") == models.DEFAULT_REFINER
+    assert node.GetParameter("mirroring") == "False"
+    params.cropMargin, params.expansion, params.mirroring = 12, 0.1, True
+    assert (node.GetParameter("cropMargin"), node.GetParameter("expansion"),
+            node.GetParameter("mirroring")) == ("12", "0.1", "True")
+    assert (params.cropMargin, params.expansion, params.mirroring) == (12, 0.1, True)
+    with pytest.raises(AttributeError):
+        params.no_such_parameter = 1
+
+
+def test_refine_edit_save_reload(headless, case, tmp_path):
+    """Refine, edit one ROI, hand-edit a segment, then save the scene as .mrb and reload it."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    params, logic = scenarios.refine_and_edit(headless.scene, volume_node, case)
+    scenarios.save_and_reload(params, lambda scene: headless.save_reload(scene, tmp_path), logic)
+    assert (tmp_path / "scene.mrb").stat().st_size > 0
+
+
+class ReferenceDetector:
+    """Stands in for nnU-Net: 'detects' the reference mask."""
+
+    def __init__(self, mask):
+        self.mask = mask
+
+    def predict(self, volume):
+        from NoduleSAMLib.detect import Detection
+
+        return Detection(self.mask.astype(np.float32), self.mask)
+
+
+def test_detect_with_a_stand_in_detector(headless, case):
+    """Detect -> ROIs named Nodule 1..n with score and prompts; Detect again adds none."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    roi, = scenarios.detect(headless.scene, volume_node, sc.Logic(ReferenceDetector(case.reference)))
+    assert roi.GetAttribute(sc.ROI_SCORE_ATTRIBUTE) == "1.0000"
+    assert sc.box_from_roi(roi, volume_node) == case.candidates()[0].box_ijk
+    candidate, _ = sc.candidate_from_roi(roi, volume_node, case.volume.hu.shape)
+    assert sorted(candidate.slice_boxes) == sorted(case.candidates()[0].slice_boxes)
+
+
+def test_detect(headless, case):
+    try:
+        models.detector_folder(models.DEFAULT_DETECTOR)
+    except NoduleSAMError as err:
+        pytest.skip(f"bundled detector not available yet: {err}")
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    scenarios.detect(headless.scene, volume_node)

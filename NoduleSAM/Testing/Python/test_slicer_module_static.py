@@ -1,0 +1,121 @@
+"""Static checks of the Slicer module that need neither Slicer nor Qt.
+
+- every widget the Python code reaches through ``self.ui.<name>`` exists in the .ui file;
+- every ``SlicerParameterName`` in the .ui is a parameter of ``scene.PARAMETERS`` (and the
+  parameters the GUI edits all have a widget);
+- the module's ``CMakeLists.txt`` lists every script and resource file, and nothing missing.
+"""
+from __future__ import annotations
+
+import ast
+import fnmatch
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+MODULE = Path(__file__).resolve().parents[2]          # NoduleSAM/
+REPO = MODULE.parent
+UI_FILE = MODULE / "Resources" / "UI" / "NoduleSAM.ui"
+# Parameters shown in tables set by code rather than bound to an input widget.
+PARAMETERS_WITHOUT_WIDGET = {"candidateTable", "measurementTable"}
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI_FILE).getroot().iter("widget")}
+
+
+def ui_names_used_in_python() -> set[str]:
+    tree = ast.parse((MODULE / "NoduleSAM.py").read_text())
+    return {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"}
+
+
+def scene_parameter_names() -> set[str]:
+    """``Parameter("name", ...)`` entries of scene.py, read without importing slicer."""
+    tree = ast.parse((MODULE / "NoduleSAMLib" / "scene.py").read_text())
+    return {call.args[0].value for call in ast.walk(tree)
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Parameter"
+            and call.args and isinstance(call.args[0], ast.Constant)}
+
+
+def test_every_widget_used_exists_in_the_ui():
+    used, present = ui_names_used_in_python(), set(ui_widgets())
+    assert used, "found no self.ui.<name> in NoduleSAM.py"
+    assert used <= present, f"not in {UI_FILE.name}: {sorted(used - present)}"
+
+
+def test_ui_parameter_names_match_the_parameter_pack():
+    bound = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = name
+    parameters = scene_parameter_names()
+    assert set(bound) <= parameters, f"unknown parameters in the .ui: {sorted(set(bound) - parameters)}"
+    assert parameters - PARAMETERS_WITHOUT_WIDGET <= set(bound), \
+        f"parameters with no widget: {sorted(parameters - PARAMETERS_WITHOUT_WIDGET - set(bound))}"
+
+
+def test_ui_is_wellformed_designer_xml():
+    root = ET.parse(UI_FILE).getroot()
+    assert root.tag == "ui" and root.find("class").text == "NoduleSAM"
+    custom = {c.find("class").text for c in root.iter("customwidget")}
+    qt_classes = {w.get("class") for w in root.iter("widget") if not w.get("class").startswith("Q")}
+    assert qt_classes <= custom, f"custom widgets not declared: {sorted(qt_classes - custom)}"
+
+
+def _cmake_lists(text: str) -> tuple[dict[str, list[str]], list[str]]:
+    """``set(VAR items...)`` lists and ``file(GLOB_RECURSE ...)`` patterns of a CMakeLists."""
+    text = re.sub(r"#[^\n]*", "", text)
+    lists = {m.group(1): m.group(2).split() for m in re.finditer(r"set\((\w+)\s+([^)]*)\)", text)}
+    globs = [pattern for m in re.finditer(r"file\(GLOB(?:_RECURSE)?\s+\w+\s+RELATIVE\s+\S+\s+([^)]*)\)", text)
+             for pattern in m.group(1).split()]
+    return lists, globs
+
+
+def test_cmakelists_lists_every_script_and_resource():
+    lists, globs = _cmake_lists((MODULE / "CMakeLists.txt").read_text())
+    name = lists["MODULE_NAME"][0]
+
+    def expand(items):
+        return {item.replace("${MODULE_NAME}", name) for item in items if not item.startswith("${MODULE_MODEL")}
+
+    scripts, resources = expand(lists["MODULE_PYTHON_SCRIPTS"]), expand(lists["MODULE_PYTHON_RESOURCES"])
+    on_disk_scripts = {p.relative_to(MODULE).as_posix() for p in MODULE.glob("*.py")}
+    on_disk_scripts |= {p.relative_to(MODULE).as_posix() for p in (MODULE / "NoduleSAMLib").rglob("*.py")
+                        if "__pycache__" not in p.parts}
+    assert on_disk_scripts == scripts, (f"unlisted: {sorted(on_disk_scripts - scripts)}; "
+                                        f"listed but missing: {sorted(scripts - on_disk_scripts)}")
+    on_disk_resources = {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*")
+                         if p.is_file() and "__pycache__" not in p.parts}
+    unlisted = {r for r in on_disk_resources - resources
+                if not any(fnmatch.fnmatch(r, pattern) for pattern in globs)}
+    assert not unlisted, f"resources not listed in CMakeLists.txt: {sorted(unlisted)}"
+    missing = {r for r in resources if not (MODULE / r).is_file()}
+    assert not missing, f"CMakeLists.txt lists missing files: {sorted(missing)}"
+
+
+def test_extension_metadata():
+    lists, _ = _cmake_lists((REPO / "CMakeLists.txt").read_text())
+    text = (REPO / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert re.search(rf'set\({key}\s+"[^"]+"\)', text), f"{key} is not set"
+    assert re.search(r'set\(EXTENSION_CATEGORY\s+"Segmentation"\)', text)
+    assert re.search(r'set\(EXTENSION_DEPENDS\s+"[^"]*PyTorch[^"]*"\)', text)
+    assert "add_subdirectory(NoduleSAM)" in text
+
+
+def test_module_file_is_thin_and_scene_has_no_qt():
+    """Qt stays in NoduleSAM.py; the scene glue imports slicer but never qt/ctk."""
+    for path in (MODULE / "NoduleSAMLib").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        assert not imported & {"qt", "ctk", "PythonQt"}, f"{path.name} imports Qt"
+    module = ast.parse((MODULE / "NoduleSAM.py").read_text())
+    classes = {node.name for node in module.body if isinstance(node, ast.ClassDef)}
+    assert {"NoduleSAM", "NoduleSAMWidget", "NoduleSAMTest"} <= classes
