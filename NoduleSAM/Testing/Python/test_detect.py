@@ -1,0 +1,114 @@
+"""Detection with a real nnU-Net v2 2D model trained in this test session (see ../../../conftest.py)."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from NoduleSAMLib.boxes import candidates_from_mask
+from NoduleSAMLib.detect import Detector
+from NoduleSAMLib.errors import NoduleSAMError
+from NoduleSAMLib.pipeline import Pipeline
+from NoduleSAMLib.refine import BoxRefiner
+from NoduleSAMLib.volume import read_ct
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_voi_model):
+    return Detector(tiny_voi_model)
+
+
+@pytest.fixture(scope="module")
+def test_vois(lidc_dir):
+    """Five test-split VOIs with solid nodules of 8 mm or more: CT and 50% consensus mask."""
+    cases = pd.read_csv(lidc_dir / "voi" / "cases.csv")
+    chosen = cases[(cases.split == "test") & (cases.diameter_mm >= 8) &
+                   (cases.texture_median >= 4)].case_id.head(5)
+    out = []
+    for cid in chosen:
+        volume = read_ct(lidc_dir / "voi" / cid / "image.nii.gz")
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(lidc_dir / "voi" / cid /
+                                                          "consensus50.nii.gz"))) > 0
+        out.append((cid, volume, truth))
+    return out
+
+
+def test_detector_finds_nodules_on_every_slice_of_real_vois(detector, test_vois):
+    found, dices = 0, []
+    for cid, volume, truth in test_vois:
+        detection = detector.predict(volume)
+        assert detection.probability.shape == volume.hu.shape == detection.mask.shape
+        assert 0.0 <= detection.probability.min() and detection.probability.max() <= 1.0
+        np.testing.assert_array_equal(detection.mask, detection.probability > 0.5)
+        found += bool((detection.mask & truth).any())
+        dices.append(2 * (detection.mask & truth).sum() / (detection.mask.sum() + truth.sum()))
+    assert found >= 4, f"nodules found in {found} of {len(test_vois)} VOIs"
+    assert np.mean(dices) > 0.4, dices
+
+
+def test_detect_then_refine_pipeline(detector, test_vois, sam):
+    cid, volume, truth = test_vois[0]
+    pipeline = Pipeline(detector, BoxRefiner(sam))
+    candidates = pipeline.detect(volume)
+    assert candidates and candidates[0].name == "Nodule 1"
+    assert all(0 < c.score <= 1 for c in candidates)
+    best = candidates[0]
+    assert best.prompt_boxes(), "a detected candidate carries per-slice prompt boxes"
+    result = pipeline.run(volume)
+    assert result.nodules and {"detect_s", "refine_s", "total_s"} <= set(result.timings_s)
+    labels = result.labelmap()
+    assert (labels > 0)[truth].mean() > 0.5  # most of the nodule is segmented
+
+
+def test_mirroring_and_fold_options(tiny_voi_model, test_vois):
+    _, volume, _ = test_vois[0]
+    mirrored = Detector(tiny_voi_model, folds=(0,), mirroring=True).predict(volume)
+    assert mirrored.probability.shape == volume.hu.shape
+
+
+def broken_copy(source, target, change):
+    shutil.copytree(source, target)
+    change(target)
+    return target
+
+
+def test_bad_detector_folders_are_explained(tiny_voi_model, tmp_path):
+    with pytest.raises(NoduleSAMError, match="plans.json is missing"):
+        Detector(broken_copy(tiny_voi_model, tmp_path / "a", lambda f: (f / "plans.json").unlink()))
+    with pytest.raises(NoduleSAMError, match="fold_1.*missing.*folds present: fold_0"):
+        Detector(tiny_voi_model, folds=(1,))
+
+    def tamper(folder):
+        checkpoint = folder / "fold_0" / "checkpoint_final.pth"
+        data = bytearray(checkpoint.read_bytes())
+        data[-100] ^= 0xFF
+        checkpoint.write_bytes(bytes(data))
+    with pytest.raises(NoduleSAMError, match="does not match the pinned"):
+        Detector(broken_copy(tiny_voi_model, tmp_path / "b", tamper))
+
+    def make_3d(folder):
+        plans = json.loads((folder / "plans.json").read_text())
+        plans["configurations"]["2d"]["patch_size"] = [8, 64, 64]
+        (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(NoduleSAMError, match="must be an nnU-Net v2 2D model"):
+        Detector(broken_copy(tiny_voi_model, tmp_path / "c", make_3d))
+    with pytest.raises(NoduleSAMError, match="not found"):
+        Detector(tmp_path / "nowhere")
+
+
+def test_candidates_from_a_mask():
+    mask = np.zeros((6, 40, 40), bool)
+    mask[1:4, 10:16, 10:18] = True   # 144 voxels
+    mask[2, 30, 30] = True           # a speck, below the minimum volume
+    probability = mask * 0.9
+    candidates = candidates_from_mask(mask, probability, (2.0, 0.7, 0.7), min_volume_mm3=15,
+                                      expansion=0.0, pad_px=2)
+    assert len(candidates) == 1
+    c = candidates[0]
+    assert c.name == "Nodule 1" and c.score == pytest.approx(0.9)
+    assert c.box_ijk == (0, 5, 8, 18, 8, 20)  # one slice beyond the component above and below
+    assert sorted(c.slice_boxes) == [1, 2, 3]
+    np.testing.assert_allclose(c.slice_boxes[2], [8, 8, 19, 17])
+    assert c.detector_mask.sum() == 144
