@@ -104,7 +104,9 @@ class Pipeline:
                 timings: dict | None = None, progress=None) -> list[Nodule]:
         """Refine (or, without a refiner, keep the detector's mask of) each candidate and measure it.
 
-        progress: optional callable(done, total) for GUIs; the command line shows a tqdm bar.
+        progress: optional callable(done, total) for GUIs, also called after every refined slice
+          (with the same counts) so that raising from it cancels promptly; the command line
+          shows a tqdm bar instead.
         """
         timings = {} if timings is None else timings
         key = volume_fingerprint(volume) if self.refiner is not None else None
@@ -113,7 +115,8 @@ class Pipeline:
                                               disable=progress is not None or not candidates)):
             with _timed(timings, "refine_s"):
                 if self.refiner is not None:
-                    mask = self.refiner.refine(volume.hu, candidate, key)
+                    on_slice = None if progress is None else (lambda: progress(done, len(candidates)))
+                    mask = self.refiner.refine(volume.hu, candidate, key, on_slice)
                 elif candidate.detector_mask is not None:
                     mask = candidate.detector_mask
                 else:

@@ -104,21 +104,24 @@ class BoxRefiner:
         masks, _, _ = predictor.predict(box=crop.box_to_crop(box_xyxy), multimask_output=False)
         return crop.paste(masks[0], image2d_hu.shape)
 
-    def refine(self, hu: np.ndarray, candidate: Candidate, volume_key) -> np.ndarray:
+    def refine(self, hu: np.ndarray, candidate: Candidate, volume_key, on_slice=None) -> np.ndarray:
         """The candidate's mask, bool, shaped like its 3D box (``hu[box]``).
 
         Slices with a detector prompt use it; other slices in the box take their prompt from the
         neighbouring slice's refined mask; a candidate without detector prompts (a user's box)
         starts from its box on the central slice. The 3D box bounds the result.
+        on_slice: optional callable run after each slice; raising from it stops the work (Cancel).
         """
         s = self.settings
         z0, z1, y0, y1, x0, x1 = candidate.box_ijk
         prompts = candidate.prompt_boxes()
         if not prompts:
             prompts = {(z0 + z1 - 1) // 2: np.array([x0, y0, x1 - 1, y1 - 1], dtype=float)}
+        on_slice = on_slice or (lambda: None)
         masks: dict[int, np.ndarray] = {}
         for z, box in sorted(prompts.items()):
             masks[z] = self.segment(hu[z], box, (volume_key, z))[y0:y1, x0:x1]
+            on_slice()
         for order in (range(min(prompts) + 1, z1), range(max(prompts) - 1, z0 - 1, -1)):
             step = 1 if order.step > 0 else -1
             for z in order:
@@ -133,6 +136,7 @@ class BoxRefiner:
                 keep = (area > 0 and (mask & previous).sum() >= s.min_overlap * area
                         and hu[z, y0:y1, x0:x1][mask].mean() >= s.min_mean_hu)
                 masks[z] = mask if keep else np.zeros_like(mask)
+                on_slice()
         out = np.zeros((z1 - z0, y1 - y0, x1 - x0), dtype=bool)
         for z, mask in masks.items():
             out[z - z0] = mask
