@@ -101,10 +101,27 @@ def candidates_from_mask(mask: np.ndarray, probability: np.ndarray | None,
         z0, z1, y0, y1, x0, x1 = box_ijk
         detector_mask = labels[z0:z1, y0:y1, x0:x1] == index
         found.append(Candidate("", box_ijk, score, slice_boxes, volume_mm3, detector_mask))
-    found.sort(key=lambda c: -c.score)
-    for number, candidate in enumerate(found, start=1):
+    return number_candidates(found)
+
+
+def number_candidates(candidates: list[Candidate]) -> list[Candidate]:
+    """Sort by score (highest first) and name them ``Nodule 1..n``."""
+    candidates.sort(key=lambda c: -c.score)
+    for number, candidate in enumerate(candidates, start=1):
         candidate.name = f"Nodule {number}"
-    return found
+    return candidates
+
+
+def in_lungs(candidates: list[Candidate], lungs: np.ndarray, min_fraction: float) -> list[Candidate]:
+    """The candidates with at least ``min_fraction`` of their detector voxels inside ``lungs``
+    (bool ``[z, y, x]``), renumbered."""
+    kept = []
+    for candidate in candidates:
+        z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+        inside = lungs[z0:z1, y0:y1, x0:x1][candidate.detector_mask]
+        if inside.size and inside.mean() >= min_fraction:
+            kept.append(candidate)
+    return number_candidates(kept)
 
 
 def candidates_from_boxes(boxes: list[dict], shape_zyx) -> tuple[list[Candidate], list[str]]:

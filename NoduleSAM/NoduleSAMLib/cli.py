@@ -43,6 +43,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="bfloat16 autocast for the refiner's image encoder (faster on CPU)")
     parser.add_argument("--min-volume", type=float, default=MIN_VOLUME_MM3,
                         help="smallest detected nodule kept, mm3 (default: %(default)s)")
+    parser.add_argument("--min-in-lungs", type=float, default=0.5,
+                        help="drop candidates with less of their volume inside the lung fields "
+                             "(fraction, 0 keeps all; default: %(default)s)")
     parser.add_argument("--expansion", type=float, default=EXPANSION,
                         help="prompt box growth per side, fraction of its size (default: %(default)s)")
     parser.add_argument("--pad-px", type=float, default=PAD_PX,
@@ -68,7 +71,8 @@ def build_pipeline(args, need_detector: bool):
         settings = RefineSettings(crop_margin_px=args.crop_margin)
         refiner = BoxRefiner(models.build_sam(args.refiner, args.checkpoint, device), settings,
                              bf16=args.bf16)
-    return Pipeline(detector, refiner, args.min_volume, args.expansion, args.pad_px)
+    return Pipeline(detector, refiner, args.min_volume, args.expansion, args.pad_px,
+                    args.min_in_lungs)
 
 
 def run_segment(args, input_path, output: Path, report_path: Path | None,
@@ -92,7 +96,8 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
     extra = {"models": {"detector": None if boxes is not None else str(args.detector),
                         "refiner": None if args.no_refine else args.refiner,
                         "refiner_checkpoint": args.checkpoint},
-             "settings": {"min_volume_mm3": args.min_volume, "expansion": args.expansion,
+             "settings": {"min_volume_mm3": args.min_volume, "min_in_lungs": args.min_in_lungs,
+                          "expansion": args.expansion,
                           "pad_px": args.pad_px, "crop_margin_px": args.crop_margin,
                           "mirroring": args.mirroring, "bf16": args.bf16}}
     report = report_dict(result, extra)

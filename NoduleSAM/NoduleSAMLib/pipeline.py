@@ -13,6 +13,7 @@ from . import boxes as boxes_mod
 from .boxes import Candidate
 from .errors import NoduleSAMError
 from .geometry import apply_matrix, box3d_corners_ijk
+from .lungs import lung_mask
 from .measure import measure_nodule
 from .refine import BoxRefiner
 from .volume import CTVolume
@@ -77,16 +78,21 @@ class Pipeline:
     detector: a ``detect.Detector`` (None: only given boxes can be refined).
     refiner: a ``refine.BoxRefiner`` (None: the detector's masks are the result).
     min_volume_mm3, expansion, pad_px: how detector masks become candidates (see boxes.py).
+    min_in_lungs: drop candidates with less than this fraction inside the lung fields (lungs.py;
+      0 keeps all). On the demo CT it removes 7 of 25 candidates (in bone, soft tissue, the
+      scan's first slices) and keeps the lesion.
     """
 
     def __init__(self, detector=None, refiner: BoxRefiner | None = None,
                  min_volume_mm3: float = boxes_mod.MIN_VOLUME_MM3,
-                 expansion: float = boxes_mod.EXPANSION, pad_px: float = boxes_mod.PAD_PX):
+                 expansion: float = boxes_mod.EXPANSION, pad_px: float = boxes_mod.PAD_PX,
+                 min_in_lungs: float = 0.5):
         self.detector = detector
         self.refiner = refiner
         self.min_volume_mm3 = min_volume_mm3
         self.expansion = expansion
         self.pad_px = pad_px
+        self.min_in_lungs = min_in_lungs
 
     def detect(self, volume: CTVolume, timings: dict | None = None) -> list[Candidate]:
         """Candidates found by the detector, highest score first."""
@@ -96,9 +102,13 @@ class Pipeline:
         with _timed(timings, "detect_s"):
             detection = self.detector.predict(volume)
         with _timed(timings, "candidates_s"):
-            return boxes_mod.candidates_from_mask(
+            candidates = boxes_mod.candidates_from_mask(
                 detection.mask, detection.probability, volume.spacing_zyx_mm,
                 self.min_volume_mm3, self.expansion, self.pad_px)
+            if self.min_in_lungs > 0:
+                lungs = lung_mask(volume.hu, volume.spacing_zyx_mm)
+                candidates = boxes_mod.in_lungs(candidates, lungs, self.min_in_lungs)
+            return candidates
 
     def segment(self, volume: CTVolume, candidates: list[Candidate],
                 timings: dict | None = None, progress=None) -> list[Nodule]:

@@ -16,6 +16,8 @@ from pathlib import Path
 SUBCOMMAND_MODULES: list[str] = [
     "nodulesam_train.cli",  # export-nnunet, train, train-detector, train-voi (below)
     "nodulesam_train.prepare",
+    "nodulesam_train.lidc",  # prepare voi / prepare dicom
+    "nodulesam_train.kappa",  # stats kappa
     "nodulesam_train.evaluate",
     "nodulesam_train.stats",
     "nodulesam_train.baselines",

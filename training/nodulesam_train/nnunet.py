@@ -289,7 +289,8 @@ def get_trainer(dataset_id: int, plans_id: str, fold: int = 0, device: str = "cp
 def train(dataset_id: int, plans_id: str, num_epochs: int, iterations_per_epoch: int,
           val_iterations_per_epoch: int = 10, fold: int = 0, device: str = "cpu",
           resume: bool = True, save_every: int = 5, initial_lr: float | None = None,
-          run_validation: bool = False, torch_threads: int | None = None, log=print) -> Path:
+          run_validation: bool = False, torch_threads: int | None = None,
+          oversample_foreground: float | None = None, log=print) -> Path:
     """Train fold ``fold`` and return the trainer's results folder (the one holding
     ``plans.json``, ``dataset.json`` and ``fold_<n>/``). Resumes from ``checkpoint_latest.pth``
     when ``resume`` and one exists; returns at once when ``checkpoint_final.pth`` exists.
@@ -312,6 +313,8 @@ def train(dataset_id: int, plans_id: str, num_epochs: int, iterations_per_epoch:
     trainer.save_every = max(1, int(save_every))
     if initial_lr is not None:
         trainer.initial_lr = float(initial_lr)
+    if oversample_foreground is not None:
+        trainer.oversample_foreground_percent = float(oversample_foreground)
     latest = out_fold / "checkpoint_latest.pth"
     if resume and latest.exists():
         log(f"train: resuming from {latest}")

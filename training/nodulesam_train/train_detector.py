@@ -62,8 +62,13 @@ def add_arguments(p: argparse.ArgumentParser, voi: bool = False) -> argparse.Arg
     p.add_argument("--spacing", type=float, default=None, help="in-plane target spacing (mm)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--plans-name", type=str, default=None)
+    p.add_argument("--oversample", type=float, default=None,
+                   help="nnU-Net oversample_foreground_percent (default 0.33)")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate (nnU-Net default 0.01)")
     p.add_argument("--no-package", action="store_true")
     p.add_argument("--prepare-only", action="store_true", help="stop after preprocessing and timing")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="only evaluate the packaged model in --dest (detector) and write evaluation.json")
     return p
 
 
@@ -121,10 +126,11 @@ def run(args, voi: bool = False) -> Path | None:
         nnunet.plan_and_preprocess(ds_id, preprocess_default=False, log=log)
     compact = _compact_from_args(args, voi)
     plans_id = compact.plans_name
-    if state.get("compact") != asdict(compact) or not state.get("preprocessed"):
+    compact_json = json.loads(json.dumps(asdict(compact)))  # tuples -> lists, as stored in state.json
+    if state.get("compact") != compact_json or not state.get("preprocessed"):
         nnunet.make_compact_plan(ds_id, compact, log=log)
         nnunet.preprocess_plan(ds_id, plans_id, log=log)
-        state.update({"compact": asdict(compact), "preprocessed": True})
+        state.update({"compact": compact_json, "preprocessed": True})
         state.pop("sec_per_it", None)
         save_state()
         log(f"network parameters: {nnunet.network_parameter_count(ds_id, plans_id):,}")
@@ -153,7 +159,8 @@ def run(args, voi: bool = False) -> Path | None:
     if args.prepare_only:
         return None
     # 5. train
-    results = nnunet.train(ds_id, plans_id, epochs, iters, val_iters, device=args.device, resume=True, log=log)
+    results = nnunet.train(ds_id, plans_id, epochs, iters, val_iters, device=args.device, resume=True,
+                           initial_lr=args.lr, oversample_foreground=args.oversample, log=log)
     pd = nnunet.last_pseudo_dice(results)
     log(f"final pseudo dice: {pd}")
     state["result"] = pd
@@ -173,10 +180,87 @@ def run(args, voi: bool = False) -> Path | None:
     return results
 
 
+def _predictor(model_dir: Path, device: str = "cpu", mirroring: bool = False):
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                           device=torch.device(device), perform_everything_on_device=False, verbose=False,
+                           allow_tqdm=False)
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    pred.initialize_from_trained_model_folder(str(model_dir), use_folds=tuple(meta["folds"]),
+                                              checkpoint_name=meta["checkpoint"])
+    return pred
+
+
+def _components_report(pred_mask, gt_mask, min_fp_voxels: int = 1) -> dict:
+    """Lesion-level counts: GT components hit by the prediction, predicted components with no GT."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    structure = np.ones((3,) * pred_mask.ndim, bool)
+    gl, ng = ndi.label(gt_mask > 0, structure)
+    pl, npred = ndi.label(pred_mask > 0, structure)
+    hit = sum(1 for i in range(1, ng + 1) if (pred_mask[gl == i] > 0).any())
+    sizes = ndi.sum(np.ones_like(pl), pl, index=np.arange(1, npred + 1)) if npred else []
+    fp = sum(1 for i in range(1, npred + 1) if sizes[i - 1] >= min_fp_voxels and not (gt_mask[pl == i] > 0).any())
+    inter = float(((pred_mask > 0) & (gt_mask > 0)).sum())
+    denom = float((pred_mask > 0).sum() + (gt_mask > 0).sum())
+    return {"gt_lesions": int(ng), "hit": int(hit), "pred_components": int(npred), "fp_components": int(fp),
+            "dice": (2 * inter / denom) if denom else 1.0}
+
+
+def evaluate_detector(model_dir: Path, lidc_dir: Path | None = None, device: str = "cpu", log=print,
+                      n_paste_slices: int = 60, seed: int = 7) -> dict:
+    """Quick check of a packaged detector.
+
+    * Whole scans LIDC-IDRI-0001/0003 (their slices were used in training, so this is an
+      in-distribution check): time per CT, 3D lesion hits / false-positive components, Dice.
+    * Nodules of the VOI **test** split pasted into those scans' lung slices (unseen nodules):
+      per-slice 2D recall of pasted nodules and false-positive components per slice.
+    """
+    import numpy as np
+    from .detector_data import DetectorDataConfig, SCAN_IDS, iter_detector_slices, load_scan, default_lidc_dir
+
+    lidc_dir = Path(lidc_dir) if lidc_dir else default_lidc_dir()
+    pred = _predictor(model_dir, device)
+    out: dict = {"scans": {}, "pasted_test": {}}
+    for pid in SCAN_IDS:
+        hu, lab, (sz, sy, sx) = load_scan(lidc_dir, pid)
+        t = time.time()
+        seg = pred.predict_single_npy_array(hu.astype(np.float32)[None], {"spacing": [sz, sy, sx]}, None, None, False)
+        dt = time.time() - t
+        rep = _components_report(seg, lab)
+        rep.update({"slices": int(len(hu)), "seconds": round(dt, 1), "seconds_per_slice": round(dt / len(hu), 3)})
+        out["scans"][pid] = rep
+        log(f"eval {pid}: {rep}")
+    cfg = DetectorDataConfig(seed=seed, n_paste_slices=n_paste_slices, n_negative_slices=0, voi_split="test",
+                             keep_real_positive=False)
+    slices = [s for s in iter_detector_slices(lidc_dir, cfg, log=lambda *a: None)]
+    tot = {"gt_lesions": 0, "hit": 0, "fp_components": 0, "slices": len(slices)}
+    for s in slices:
+        seg = pred.predict_single_npy_array(s.image.astype(np.float32)[None, None],
+                                            {"spacing": [999.0, *s.spacing]}, None, None, False)[0]
+        # real nodules of the two scans may be on these slices too: count them as GT
+        r = _components_report(seg, s.mask)
+        for k in ("gt_lesions", "hit", "fp_components"):
+            tot[k] += r[k]
+    tot["recall"] = tot["hit"] / max(1, tot["gt_lesions"])
+    tot["fp_per_slice"] = tot["fp_components"] / max(1, len(slices))
+    out["pasted_test"] = tot
+    log(f"eval pasted test-split nodules: {tot}")
+    return out
+
+
 def main(argv=None, voi: bool = False) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(p, voi=voi)
     args = p.parse_args(argv)
+    if args.evaluate_only:
+        res = evaluate_detector(args.dest, args.lidc_dir, args.device)
+        (args.work_dir / "evaluation.json").write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=2))
+        return 0
     run(args, voi=voi)
     return 0
 

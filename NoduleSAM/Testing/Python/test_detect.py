@@ -112,3 +112,29 @@ def test_candidates_from_a_mask():
     assert sorted(c.slice_boxes) == [1, 2, 3]
     np.testing.assert_allclose(c.slice_boxes[2], [8, 8, 19, 17])
     assert c.detector_mask.sum() == 144
+
+
+def test_lung_fields_hold_the_nodules_and_not_the_bones(ct_0001, reference_0001):
+    from NoduleSAMLib.lungs import lung_mask
+
+    lungs = lung_mask(ct_0001.hu, ct_0001.spacing_zyx_mm)
+    assert lungs.shape == ct_0001.hu.shape
+    assert lungs[reference_0001 > 0].all()  # nodule 1 touches the pleura, and is kept
+    assert 0.05 < lungs.mean() < 0.4
+    assert lungs[ct_0001.hu > 400].mean() < 0.1  # bone
+    assert not lungs[:, :10].any() and not lungs[:, :, :10].any()  # air around the patient
+
+
+def test_in_lungs_gate_drops_and_renumbers():
+    from NoduleSAMLib.boxes import in_lungs
+
+    mask = np.zeros((4, 40, 40), bool)
+    mask[1:3, 5:10, 5:10] = True
+    mask[1:3, 25:30, 25:30] = True
+    probability = mask * 0.8
+    probability[1:3, 5:10, 5:10] = 0.9
+    candidates = candidates_from_mask(mask, probability, (1.0, 1.0, 1.0), min_volume_mm3=1)
+    lungs = np.zeros_like(mask)
+    lungs[:, 20:, 20:] = True
+    kept = in_lungs(candidates, lungs, 0.5)
+    assert [c.name for c in kept] == ["Nodule 1"] and kept[0].score == pytest.approx(0.8)
