@@ -2,8 +2,7 @@
 
 Subcommands are contributed by modules: each module listed in :data:`SUBCOMMAND_MODULES` exposes
 ``add_parser(subparsers)``, which adds its subcommand(s) and sets ``func`` (called with the parsed
-``args``, returning an exit code) through ``set_defaults``. A module that cannot be imported is
-skipped, so modules can be added to the list before they exist.
+``args``, returning an exit code) through ``set_defaults``.
 """
 from __future__ import annotations
 
@@ -15,14 +14,9 @@ from pathlib import Path
 # modules (relative to this package) that contribute subcommands via add_parser(subparsers)
 SUBCOMMAND_MODULES: list[str] = [
     "nodulesam_train.cli",  # export-nnunet, train, train-detector, train-voi (below)
-    "nodulesam_train.prepare",
     "nodulesam_train.lidc",  # prepare voi / prepare dicom
     "nodulesam_train.kappa",  # stats kappa
     "nodulesam_train.evaluate",
-    "nodulesam_train.stats",
-    "nodulesam_train.baselines",
-    "nodulesam_train.classify",
-    "nodulesam_train.figures",
 ]
 
 
@@ -149,12 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == __name__ or name == "nodulesam_train.cli":
             add_parser(subparsers)
             continue
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(mod, "add_parser"):
-            mod.add_parser(subparsers)
+        importlib.import_module(name).add_parser(subparsers)
     return parser
 
 
