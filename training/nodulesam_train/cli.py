@@ -111,8 +111,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--spacing", type=float, default=1.3)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--replan", action="store_true", help="rewrite and re-preprocess the compact plan")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=200,
+                   help="epochs (default: the research design's %(default)s; the bundled models "
+                        "used fewer to fit a 2-core CPU, see their model cards)")
+    p.add_argument("--iterations", type=int, default=250,
+                   help="iterations per epoch (default: nnU-Net's %(default)s)")
     p.add_argument("--val-iterations", type=int, default=10)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=20240601)
