@@ -79,14 +79,14 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
                 overview_path: Path | None = None) -> dict:
     from .boxes import read_boxes_json
     from .outputs import report_dict, write_overview_png, write_report, write_seg_nrrd
-    from .pipeline import _timed
+    from .pipeline import timed_stage
     from .volume import read_ct
 
     timings = {}
-    with _timed(timings, "read_s"):
+    with timed_stage(timings, "read_s"):
         volume = read_ct(input_path, getattr(args, "series", None))
     boxes = read_boxes_json(args.boxes) if getattr(args, "boxes", None) else None
-    with _timed(timings, "load_models_s"):
+    with timed_stage(timings, "load_models_s"):
         pipeline = build_pipeline(args, need_detector=boxes is None)
     result = pipeline.run(volume, boxes)
     result.timings_s = timings | result.timings_s

@@ -56,7 +56,7 @@ def volume_fingerprint(volume: CTVolume) -> str:
 
 
 @contextmanager
-def _timed(timings: dict, stage: str):
+def timed_stage(timings: dict, stage: str):
     start = time.perf_counter()
     yield
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
@@ -99,9 +99,9 @@ class Pipeline:
         if self.detector is None:
             raise NoduleSAMError("no detector is loaded: pass --detector, or give boxes")
         timings = {} if timings is None else timings
-        with _timed(timings, "detect_s"):
+        with timed_stage(timings, "detect_s"):
             detection = self.detector.predict(volume)
-        with _timed(timings, "candidates_s"):
+        with timed_stage(timings, "candidates_s"):
             candidates = boxes_mod.candidates_from_mask(
                 detection.mask, detection.probability, volume.spacing_zyx_mm,
                 self.min_volume_mm3, self.expansion, self.pad_px)
@@ -123,7 +123,7 @@ class Pipeline:
         nodules = []
         for done, candidate in enumerate(tqdm(candidates, desc="refine", unit="nodule",
                                               disable=progress is not None or not candidates)):
-            with _timed(timings, "refine_s"):
+            with timed_stage(timings, "refine_s"):
                 if self.refiner is not None:
                     on_slice = None if progress is None else (lambda: progress(done, len(candidates)))
                     mask = self.refiner.refine(volume.hu, candidate, key, on_slice)
@@ -132,7 +132,7 @@ class Pipeline:
                 else:
                     raise NoduleSAMError(f"'{candidate.name}' has no detector mask and refinement "
                                          "is off: a given box needs the refiner")
-            with _timed(timings, "measure_s"):
+            with timed_stage(timings, "measure_s"):
                 full = np.zeros(volume.hu.shape, dtype=bool)
                 z0, z1, y0, y1, x0, x1 = candidate.box_ijk
                 full[z0:z1, y0:y1, x0:x1] = mask
