@@ -40,7 +40,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refine", action="store_true", help="keep the detector's masks")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true",
-                        help="bfloat16 autocast for the refiner's image encoder (faster on CPU)")
+                        help="bfloat16 autocast for the refiner's image encoder: for GPUs and CPUs "
+                             "with bf16 instructions; far slower on CPUs without (BENCHMARKS.md)")
     parser.add_argument("--min-volume", type=float, default=MIN_VOLUME_MM3,
                         help="smallest detected nodule kept, mm3 (default: %(default)s)")
     parser.add_argument("--min-in-lungs", type=float, default=0.5,

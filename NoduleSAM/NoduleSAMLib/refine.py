@@ -45,7 +45,8 @@ class BoxRefiner:
     """SAM box prompts on cached crop embeddings.
 
     sam: a ``segment_anything.modeling.Sam`` (see ``models.build_sam``).
-    bf16: run the image encoder under bfloat16 autocast (faster on CPU, same masks in our tests).
+    bf16: run the image encoder under bfloat16 autocast (for GPUs and CPUs with bf16
+      instructions; on a CPU without them it was 20x slower, see BENCHMARKS.md).
     cache_size: how many crop embeddings to keep (each about 4 MB).
     """
 
