@@ -13,6 +13,15 @@ AIR_HU = -400.0
 CLOSING_MM = 10.0
 MIN_FRACTION_OF_LARGEST = 0.1
 STEP = 4  # the mask is built on every 4th pixel in-plane: it only has to be coarse
+MIN_FIELD_OF_VIEW_MM = 200.0  # a whole chest cross-section; crops and VOIs are far smaller
+
+
+def shows_whole_chest(shape_zyx, spacing_zyx_mm) -> bool:
+    """Whether the slices are wide enough to hold the whole chest, air around it included.
+
+    The lung mask needs that air to tell the lungs from the outside; on a crop it means nothing.
+    """
+    return min(shape_zyx[1] * spacing_zyx_mm[1], shape_zyx[2] * spacing_zyx_mm[2]) >= MIN_FIELD_OF_VIEW_MM
 
 
 def lung_mask(hu: np.ndarray, spacing_zyx_mm) -> np.ndarray:

@@ -13,7 +13,7 @@ from . import boxes as boxes_mod
 from .boxes import Candidate
 from .errors import NoduleSAMError
 from .geometry import apply_matrix, box3d_corners_ijk
-from .lungs import lung_mask
+from .lungs import lung_mask, shows_whole_chest
 from .measure import measure_nodule
 from .refine import BoxRefiner
 from .volume import CTVolume
@@ -80,7 +80,8 @@ class Pipeline:
     min_volume_mm3, expansion, pad_px: how detector masks become candidates (see boxes.py).
     min_in_lungs: drop candidates with less than this fraction inside the lung fields (lungs.py;
       0 keeps all). On the demo CT it removes 7 of 25 candidates (in bone, soft tissue, the
-      scan's first slices) and keeps the lesion.
+      scan's first slices) and keeps the lesion. Applied only to volumes that show the whole
+      chest cross-section (not to crops such as LIDC VOIs).
     """
 
     def __init__(self, detector=None, refiner: BoxRefiner | None = None,
@@ -105,7 +106,7 @@ class Pipeline:
             candidates = boxes_mod.candidates_from_mask(
                 detection.mask, detection.probability, volume.spacing_zyx_mm,
                 self.min_volume_mm3, self.expansion, self.pad_px)
-            if self.min_in_lungs > 0:
+            if self.min_in_lungs > 0 and shows_whole_chest(volume.hu.shape, volume.spacing_zyx_mm):
                 lungs = lung_mask(volume.hu, volume.spacing_zyx_mm)
                 candidates = boxes_mod.in_lungs(candidates, lungs, self.min_in_lungs)
             return candidates

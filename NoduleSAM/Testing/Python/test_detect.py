@@ -138,3 +138,11 @@ def test_in_lungs_gate_drops_and_renumbers():
     lungs[:, 20:, 20:] = True
     kept = in_lungs(candidates, lungs, 0.5)
     assert [c.name for c in kept] == ["Nodule 1"] and kept[0].score == pytest.approx(0.8)
+
+
+def test_lung_gate_applies_to_whole_chest_slices_only(ct_0001, nodule_crop_0001):
+    from NoduleSAMLib.lungs import shows_whole_chest
+
+    assert shows_whole_chest(ct_0001.hu.shape, ct_0001.spacing_zyx_mm)
+    crop, _ = nodule_crop_0001
+    assert not shows_whole_chest(crop.hu.shape, crop.spacing_zyx_mm)
