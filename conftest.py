@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent
-LIDC = Path(os.environ.get("NODULESAM_LIDC_DIR", REPO.parent / "shared" / "data" / "lidc"))
+sys.path.insert(0, str(REPO / "training"))
+from nodulesam_train.detector_data import default_lidc_dir  # noqa: E402
+
+LIDC = default_lidc_dir()
 TINY_MODEL_VERSION = "tiny-voi-v1"
 
 
 def train_tiny_voi_model(work: Path) -> Path:
     """Export 80 VOI central slices, plan a small U-Net (4 stages, 64 px patches) and train it
     for 300 iterations on the CPU; returns the packaged results folder."""
-    sys.path.insert(0, str(REPO / "training"))
     from nodulesam_train import nnunet
     from nodulesam_train.detector_data import voi_central_slices
 

@@ -14,12 +14,15 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+from nodulesam_train.detector_data import default_lidc_dir  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -45,8 +48,8 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lidc-dir", default=os.environ.get(
-        "NODULESAM_LIDC_DIR", REPO.parent / "shared" / "data" / "lidc"))
+    parser.add_argument("--lidc-dir", default=default_lidc_dir(),
+                        help="the shared LIDC data (default: $NODULESAM_LIDC_DIR or ../shared/data/lidc)")
     parser.add_argument("--detector", default="nodule-detector")
     parser.add_argument("--out", default=REPO / "benchmarks" / "results" / "speed.json")
     parser.add_argument("--crops", type=int, default=8, help="crops timed per encoder precision")

@@ -17,7 +17,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "training"))
 
-LIDC_DIR = Path(os.environ.get("NODULESAM_LIDC_DIR") or (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lidc"))
+from nodulesam_train.detector_data import default_lidc_dir  # noqa: E402
+
+LIDC_DIR = default_lidc_dir()
 HAVE_DATA = (LIDC_DIR / "voi" / "cases.csv").is_file()
 
 pytestmark = pytest.mark.skipif(not HAVE_DATA, reason=f"shared LIDC data not found at {LIDC_DIR} "

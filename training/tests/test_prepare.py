@@ -7,7 +7,6 @@ The DICOM test points pylidc at the shared scans through a temporary config; the
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "training"))
 
-LIDC_DIR = Path(os.environ.get("NODULESAM_LIDC_DIR") or (REPO.parent / "shared" / "data" / "lidc"))
+from nodulesam_train.detector_data import default_lidc_dir  # noqa: E402
+
+LIDC_DIR = default_lidc_dir()
 HAVE_VOI = (LIDC_DIR / "voi" / "cases.csv").is_file()
 HAVE_SCANS = (LIDC_DIR / "scans" / "LIDC-IDRI-0001.consensus50.nii.gz").is_file()
 needs_voi = pytest.mark.skipif(not HAVE_VOI, reason=f"shared LIDC VOIs not found at {LIDC_DIR / 'voi'} "

@@ -1,14 +1,14 @@
 """Shared fixtures: the LIDC data (skipped where absent), the bundled refiner, a real CT crop."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-LIDC = Path(os.environ.get("NODULESAM_LIDC_DIR", REPO.parent / "shared" / "data" / "lidc"))
+from nodulesam_train.detector_data import default_lidc_dir
+
+LIDC = default_lidc_dir()
 SERIES_0001 = "LIDC-IDRI-0001"
 
 

@@ -7,9 +7,10 @@ Imported by the test files (not a ``conftest.py``: that one belongs to the whole
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
+
+from nodulesam_train.detector_data import default_lidc_dir as lidc_dir  # noqa: F401 (tests import it)
 
 LOGICS = (("Volumes", "vtkSlicerVolumesLogic"), ("Segmentations", "vtkSlicerSegmentationsModuleLogic"),
           ("Markups", "vtkSlicerMarkupsLogic"), ("SubjectHierarchy", "vtkSlicerSubjectHierarchyModuleLogic"),
@@ -53,9 +54,3 @@ class HeadlessScene:
         if not self.app_logic.OpenSlicerDataBundle(str(mrb), str(unpacked)):
             raise RuntimeError(f"opening {mrb} failed")
         return self.scene
-
-
-def lidc_dir() -> Path:
-    """The shared LIDC data: ``$NODULESAM_LIDC_DIR`` or ``../shared/data/lidc`` beside the repo."""
-    default = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "lidc"
-    return Path(os.environ.get("NODULESAM_LIDC_DIR", default))
