@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "training"))
+from lidc_data import LIDC_DIR, needs_voi
 
-from nodulesam_train.detector_data import default_lidc_dir  # noqa: E402
-
-LIDC_DIR = default_lidc_dir()
-HAVE_DATA = (LIDC_DIR / "voi" / "cases.csv").is_file()
-
-pytestmark = pytest.mark.skipif(not HAVE_DATA, reason=f"shared LIDC data not found at {LIDC_DIR} "
-                                "(set NODULESAM_LIDC_DIR to the folder holding voi/cases.csv)")
+pytestmark = needs_voi
 
 
 @pytest.fixture()

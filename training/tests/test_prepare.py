@@ -7,25 +7,12 @@ The DICOM test points pylidc at the shared scans through a temporary config; the
 from __future__ import annotations
 
 import csv
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "training"))
-
-from nodulesam_train.detector_data import default_lidc_dir  # noqa: E402
-
-LIDC_DIR = default_lidc_dir()
-HAVE_VOI = (LIDC_DIR / "voi" / "cases.csv").is_file()
-HAVE_SCANS = (LIDC_DIR / "scans" / "LIDC-IDRI-0001.consensus50.nii.gz").is_file()
-needs_voi = pytest.mark.skipif(not HAVE_VOI, reason=f"shared LIDC VOIs not found at {LIDC_DIR / 'voi'} "
-                               "(set NODULESAM_LIDC_DIR)")
-needs_scans = pytest.mark.skipif(not HAVE_SCANS, reason=f"shared LIDC scans not found at {LIDC_DIR / 'scans'} "
-                                 "(set NODULESAM_LIDC_DIR)")
+from lidc_data import LIDC_DIR, needs_scans, needs_voi
 
 
 def _nifti(path):
