@@ -24,7 +24,7 @@ def resolve_device(device: str) -> str:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    from .boxes import EXPANSION, MIN_VOLUME_MM3, PAD_PX
+    from .boxes import EXPANSION, MIN_DEPTH_RATIO, MIN_VOLUME_MM3, PAD_PX
     from .refine import RefineSettings
 
     defaults = RefineSettings()
@@ -47,10 +47,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-in-lungs", type=float, default=0.5,
                         help="drop candidates with less of their volume inside the lung fields "
                              "(fraction, 0 keeps all; default: %(default)s)")
+    parser.add_argument("--min-depth-ratio", type=float, default=MIN_DEPTH_RATIO,
+                        help="drop candidates whose depth in z is less than this fraction of their "
+                             "width (flat detections: vessels, pleura; 0 keeps all; default: %(default)s)")
     parser.add_argument("--expansion", type=float, default=EXPANSION,
                         help="prompt box growth per side, fraction of its size (default: %(default)s)")
     parser.add_argument("--pad-px", type=float, default=PAD_PX,
                         help="prompt box growth per side, pixels (default: %(default)s)")
+    parser.add_argument("--detector-weight", type=float, default=defaults.detector_weight,
+                        help="weight of the detector's probability in its vote with SAM on detected "
+                             "boxes (0: SAM's mask alone; default: %(default)s)")
     parser.add_argument("--crop-margin", type=int, default=defaults.crop_margin_px,
                         help="context around the box in the refiner's crop, px (default: %(default)s)")
 
@@ -69,11 +75,12 @@ def build_pipeline(args, need_detector: bool):
                             args.detector_checkpoint, device, args.mirroring)
     refiner = None
     if not args.no_refine:
-        settings = RefineSettings(crop_margin_px=args.crop_margin)
+        settings = RefineSettings(crop_margin_px=args.crop_margin,
+                                  detector_weight=args.detector_weight)
         refiner = BoxRefiner(models.build_sam(args.refiner, args.checkpoint, device), settings,
                              bf16=args.bf16)
     return Pipeline(detector, refiner, args.min_volume, args.expansion, args.pad_px,
-                    args.min_in_lungs)
+                    args.min_in_lungs, args.min_depth_ratio)
 
 
 def run_segment(args, input_path, output: Path, report_path: Path | None,
@@ -98,8 +105,10 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
                         "refiner": None if args.no_refine else args.refiner,
                         "refiner_checkpoint": args.checkpoint},
              "settings": {"min_volume_mm3": args.min_volume, "min_in_lungs": args.min_in_lungs,
+                          "min_depth_ratio": args.min_depth_ratio,
                           "expansion": args.expansion,
                           "pad_px": args.pad_px, "crop_margin_px": args.crop_margin,
+                          "detector_weight": args.detector_weight,
                           "mirroring": args.mirroring, "bf16": args.bf16}}
     report = report_dict(result, extra)
     if report_path is not None:

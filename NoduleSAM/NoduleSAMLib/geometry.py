@@ -121,9 +121,9 @@ class Crop2D:
         out[crop] = image2d[full]
         return out
 
-    def paste(self, crop2d: np.ndarray, shape_yx) -> np.ndarray:
-        """A full-size image that is ``crop2d`` inside the crop and zero elsewhere."""
-        out = np.zeros(shape_yx, dtype=crop2d.dtype)
+    def paste(self, crop2d: np.ndarray, shape_yx, fill: float = 0) -> np.ndarray:
+        """A full-size image that is ``crop2d`` inside the crop and ``fill`` elsewhere."""
+        out = np.full(shape_yx, fill, dtype=crop2d.dtype)
         full, crop = self._overlap(shape_yx)
         out[full] = crop2d[crop]
         return out

@@ -82,18 +82,23 @@ class Pipeline:
       0 keeps all). On the demo CT it removes 7 of 25 candidates (in bone, soft tissue, the
       scan's first slices) and keeps the lesion. Applied only to volumes that show the whole
       chest cross-section (not to crops such as LIDC VOIs).
+    min_depth_ratio: drop candidates much thinner in z than wide (``boxes.round_enough``; 0
+      keeps all). Applied to volumes of more than one slice, and not to candidates cut by the
+      volume's first or last slice.
     """
 
     def __init__(self, detector=None, refiner: BoxRefiner | None = None,
                  min_volume_mm3: float = boxes_mod.MIN_VOLUME_MM3,
                  expansion: float = boxes_mod.EXPANSION, pad_px: float = boxes_mod.PAD_PX,
-                 min_in_lungs: float = 0.5):
+                 min_in_lungs: float = 0.5,
+                 min_depth_ratio: float = boxes_mod.MIN_DEPTH_RATIO):
         self.detector = detector
         self.refiner = refiner
         self.min_volume_mm3 = min_volume_mm3
         self.expansion = expansion
         self.pad_px = pad_px
         self.min_in_lungs = min_in_lungs
+        self.min_depth_ratio = min_depth_ratio
 
     def detect(self, volume: CTVolume, timings: dict | None = None) -> list[Candidate]:
         """Candidates found by the detector, highest score first."""
@@ -109,6 +114,9 @@ class Pipeline:
             if self.min_in_lungs > 0 and shows_whole_chest(volume.hu.shape, volume.spacing_zyx_mm):
                 lungs = lung_mask(volume.hu, volume.spacing_zyx_mm)
                 candidates = boxes_mod.in_lungs(candidates, lungs, self.min_in_lungs)
+            if self.min_depth_ratio > 0 and volume.hu.shape[0] > 1:
+                candidates = boxes_mod.round_enough(candidates, volume.spacing_zyx_mm,
+                                                    self.min_depth_ratio, volume.hu.shape[0])
             return candidates
 
     def segment(self, volume: CTVolume, candidates: list[Candidate],

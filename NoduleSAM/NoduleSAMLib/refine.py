@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.special import expit
 
 from .boxes import Candidate
 from .geometry import Crop2D, box2d_of_mask, expand_box2d
 
 AIR_HU = -1024.0
+OUTSIDE_LOGIT = -100.0
 
 
 @dataclass
@@ -31,6 +33,12 @@ class RefineSettings:
     min_overlap: a slice reached by propagation is kept only if this fraction of its mask
       overlaps the neighbour's mask; it stops the propagation past the nodule's end.
     min_mean_hu: ... and only if its mean HU is above this (not air).
+    detector_weight: for a candidate that still carries the detector's probability (its box as
+      detected), each slice's mask is the vote ``detector_weight x P_detector + (1 -
+      detector_weight) x sigmoid(SAM logit - sam_threshold) > 0.5``; 0 gives SAM alone. Chosen on
+      the LIDC VOIs' ``val`` split (benchmarks/hybrid_sweep.py): there the vote beats both models
+      alone; on whole CTs it keeps SAM from spreading onto slices the detector rejected.
+    sam_threshold: the SAM logit the vote centres SAM's probability on (SAM's own threshold is 0).
     """
 
     window_hu: tuple[float, float] = (-1350.0, 150.0)
@@ -39,6 +47,8 @@ class RefineSettings:
     propagation_pad_px: float = 0.0
     min_overlap: float = 0.3
     min_mean_hu: float = -800.0
+    detector_weight: float = 0.7
+    sam_threshold: float = -1.0
 
 
 class BoxRefiner:
@@ -91,9 +101,10 @@ class BoxRefiner:
         self.encoder_calls += 1
         return predictor
 
-    def segment(self, image2d_hu: np.ndarray, box_xyxy, image_key) -> np.ndarray:
-        """The mask (bool, full slice size) SAM draws for ``box_xyxy`` (slice pixels, inclusive).
+    def logits(self, image2d_hu: np.ndarray, box_xyxy, image_key) -> np.ndarray:
+        """SAM's mask logits (float32, full slice size) for ``box_xyxy`` (slice pixels, inclusive).
 
+        Outside the crop the logits are ``OUTSIDE_LOGIT`` (probability 0).
         image_key: identifies the slice's pixels (e.g. ``(volume fingerprint, z)``) for the cache.
         """
         crop, predictor = self._crop_for(image_key, box_xyxy)
@@ -102,26 +113,48 @@ class BoxRefiner:
             self._cache[(image_key, crop)] = predictor
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        masks, _, _ = predictor.predict(box=crop.box_to_crop(box_xyxy), multimask_output=False)
-        return crop.paste(masks[0], image2d_hu.shape)
+        logits, _, _ = predictor.predict(box=crop.box_to_crop(box_xyxy), multimask_output=False,
+                                         return_logits=True)
+        return crop.paste(logits[0].astype(np.float32), image2d_hu.shape, OUTSIDE_LOGIT)
+
+    def segment(self, image2d_hu: np.ndarray, box_xyxy, image_key) -> np.ndarray:
+        """The mask (bool, full slice size) SAM draws for ``box_xyxy`` (slice pixels, inclusive)."""
+        return self.logits(image2d_hu, box_xyxy, image_key) > self.sam.mask_threshold
+
+    def vote(self, logits: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+        """SAM's mask from its logits, or, given the detector's probability ``prior`` (same
+        shape), the weighted vote of the two (``RefineSettings.detector_weight``)."""
+        s = self.settings
+        if prior is None or s.detector_weight <= 0:
+            return logits > self.sam.mask_threshold
+        sam = expit(logits - s.sam_threshold)
+        return s.detector_weight * prior + (1.0 - s.detector_weight) * sam > 0.5
 
     def refine(self, hu: np.ndarray, candidate: Candidate, volume_key, on_slice=None) -> np.ndarray:
         """The candidate's mask, bool, shaped like its 3D box (``hu[box]``).
 
         Slices with a detector prompt use it; other slices in the box take their prompt from the
         neighbouring slice's refined mask; a candidate without detector prompts (a user's box)
-        starts from its box on the central slice. The 3D box bounds the result.
+        starts from its box on the central slice. The 3D box bounds the result. A candidate that
+        still has its detector probability (``Candidate.prior()``) gets the detector-SAM vote on
+        every slice (``vote``); others (boxes drawn or edited by the user) get SAM's mask.
         on_slice: optional callable run after each slice; raising from it stops the work (Cancel).
         """
         s = self.settings
+        prior = candidate.prior()
         z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+
+        def mask_on(z, box):
+            logits = self.logits(hu[z], box, (volume_key, z))[y0:y1, x0:x1]
+            return self.vote(logits, None if prior is None else prior[z - z0])
+
         prompts = candidate.prompt_boxes()
         if not prompts:
             prompts = {(z0 + z1 - 1) // 2: np.array([x0, y0, x1 - 1, y1 - 1], dtype=float)}
         on_slice = on_slice or (lambda: None)
         masks: dict[int, np.ndarray] = {}
         for z, box in sorted(prompts.items()):
-            masks[z] = self.segment(hu[z], box, (volume_key, z))[y0:y1, x0:x1]
+            masks[z] = mask_on(z, box)
             on_slice()
         for order in (range(min(prompts) + 1, z1), range(max(prompts) - 1, z0 - 1, -1)):
             step = 1 if order.step > 0 else -1
@@ -132,7 +165,7 @@ class BoxRefiner:
                 if previous is None or not previous.any():
                     continue  # nothing to propagate from; a later detector prompt may resume
                 box = expand_box2d(box2d_of_mask(previous), 0.0, s.propagation_pad_px) + [x0, y0, x0, y0]
-                mask = self.segment(hu[z], box, (volume_key, z))[y0:y1, x0:x1]
+                mask = mask_on(z, box)
                 area = mask.sum()
                 keep = (area > 0 and (mask & previous).sum() >= s.min_overlap * area
                         and hu[z, y0:y1, x0:x1][mask].mean() >= s.min_mean_hu)

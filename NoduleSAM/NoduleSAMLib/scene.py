@@ -18,6 +18,7 @@ Slicer module does to the scene is tested headless.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ ROI_ROLE = "NoduleSAM.roi"                 # parameter node -> ROI nodes (ordere
 ROI_SEGMENT_ATTRIBUTE = "NoduleSAM.SegmentID"
 ROI_SCORE_ATTRIBUTE = "NoduleSAM.Score"    # detector score; absent for boxes the user added
 ROI_PROMPTS_ATTRIBUTE = "NoduleSAM.SlicePrompts"  # detector prompt boxes, JSON {z: [x0,y0,x1,y1]}
+# the detector's probability over the box as detected, JSON {"box": ijk, "shape": [z, y, x],
+# "uint8": base64 of round(255 p)}; refinement votes with it while the ROI keeps that box
+ROI_PRIOR_ATTRIBUTE = "NoduleSAM.DetectorProbability"
 SEGMENT_HASH_TAG = "NoduleSAM.VoxelHash"   # hash of the voxels we wrote
 SEGMENT_INPUT_TAG = "NoduleSAM.InputKey"   # what produced them (box, CT, refiner, settings)
 ROI_NAME_PREFIX = "Nodule "
@@ -294,7 +298,26 @@ def add_roi_for_candidate(params: Parameters, candidate: Candidate, name: str | 
     if candidate.slice_boxes:
         roi.SetAttribute(ROI_PROMPTS_ATTRIBUTE, json.dumps(
             {str(z): [float(v) for v in box] for z, box in candidate.slice_boxes.items()}))
+    if candidate.detector_probability is not None:
+        quantized = np.round(np.clip(candidate.detector_probability, 0, 1) * 255).astype(np.uint8)
+        roi.SetAttribute(ROI_PRIOR_ATTRIBUTE, json.dumps({
+            "box": [int(v) for v in candidate.detected_box_ijk], "shape": list(quantized.shape),
+            "uint8": base64.b64encode(quantized.tobytes()).decode("ascii")}))
     return roi
+
+
+def _prior_from_roi(roi):
+    """``(probability, box)`` stored by ``add_roi_for_candidate``, or ``(None, None)``."""
+    text = roi.GetAttribute(ROI_PRIOR_ATTRIBUTE)
+    if not text:
+        return None, None
+    try:
+        stored = json.loads(text)
+        raw = np.frombuffer(base64.b64decode(stored["uint8"]), dtype=np.uint8)
+        probability = raw.reshape(stored["shape"]).astype(np.float32) / 255.0
+        return probability, tuple(int(v) for v in stored["box"])
+    except (ValueError, KeyError, TypeError):
+        return None, None  # a damaged attribute: refine with SAM alone
 
 
 def candidate_from_roi(roi, volume_node, shape_zyx) -> tuple[Candidate, list[str]]:
@@ -308,8 +331,10 @@ def candidate_from_roi(roi, volume_node, shape_zyx) -> tuple[Candidate, list[str
                                           "part inside it is segmented"]
     prompts = json.loads(roi.GetAttribute(ROI_PROMPTS_ATTRIBUTE) or "{}")
     score = roi.GetAttribute(ROI_SCORE_ATTRIBUTE)
+    probability, detected_box = _prior_from_roi(roi)
     return Candidate(roi.GetName(), clipped, float(score) if score else None,
-                     {int(z): np.array(b, dtype=float) for z, b in prompts.items()}), messages
+                     {int(z): np.array(b, dtype=float) for z, b in prompts.items()},
+                     detector_probability=probability, detected_box_ijk=detected_box), messages
 
 
 def _boxes_overlap(a, b) -> bool:

@@ -8,8 +8,10 @@ the 50 % consensus as ground truth:
   :class:`NoduleSAMLib.detect.Detector` as a one-slice volume (z spacing 999 mm);
 - ``hybrid``: nnU-Net + SAM: one box per 8-connected component of the nnU-Net mask
   (``boxes.box2d_from_contours`` + ``expand_box2d(expansion, pad_px)``), each prompted through
-  ``BoxRefiner.segment`` on its crop, masks united. Quality gate: a component whose SAM mask has
-  IoU < ``gate_iou`` with the component itself keeps the nnU-Net component instead;
+  ``BoxRefiner.logits`` on its crop, fused with nnU-Net's probability (``HybridSettings.fusion``;
+  by default a soft vote, 0.7 nnU-Net + 0.3 SAM);
+- ``sam_nnunet_box``: the same prompts' SAM masks alone (logit > 0, united), i.e. the research
+  design's hybrid, so that the table shows what the fusion adds;
 - ``sam_gt_box``: SAM with the ground-truth box (tight + ``boxes.PAD_PX``), default settings;
 - ``readers``: each reader vs the 50 % consensus of the other readers (leave-one-out), averaged
   over the readers of the case (``detected`` only if every reader overlaps);
@@ -25,15 +27,16 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import expit
 
 from .metrics import overlap, summarize, threshold_in_box
 
-METHODS = ("nnunet", "hybrid", "sam_gt_box", "readers", "threshold_gt_box")
+METHODS = ("nnunet", "hybrid", "sam_nnunet_box", "sam_gt_box", "readers", "threshold_gt_box")
 SUMMARY_KEYS = ("dsc_mean", "dsc_median", "dsc_std", "iou_mean", "iou_median", "iou_std",
                 "precision_mean", "recall_mean", "missed")
 METRICS = ("dsc", "iou", "precision", "recall", "detected")
@@ -41,59 +44,101 @@ METRICS = ("dsc", "iou", "precision", "recall", "detected")
 
 @dataclass
 class HybridSettings:
-    """Knobs of the hybrid (choose them on ``val``, report them with the test numbers).
+    """Knobs of the hybrid. The defaults were chosen on ``val`` (benchmarks/hybrid_sweep.py: the
+    highest DSC whose recall is at least nnU-Net's); BENCHMARKS.md reports them with the test numbers.
 
     expansion / pad_px: each side of a component's contour box moves out by
-      ``expansion`` x the box size + ``pad_px`` pixels (engine defaults 0.0 / 2.0).
+      ``expansion`` x the box size + ``pad_px`` pixels (the engine's defaults are 0.0 / 2.0).
     crop_margin_px / min_crop_px: the refiner's crop around the box (``RefineSettings``).
-    gate_iou: keep the nnU-Net component when IoU(SAM mask, component) < gate_iou (0 = off).
+    fusion: how SAM's answer and nnU-Net's combine:
+      ``soft``: soft voting, ``nnunet_weight`` x nnU-Net's foreground probability +
+      (1 - ``nnunet_weight``) x SAM's probability > 0.5, SAM's probability being
+      sigmoid(logit - ``sam_threshold``) (the maximum over the components' prompts);
+      ``sam``: the SAM masks alone (logit > ``sam_threshold``), united: the research design's hybrid;
+      ``union``: each SAM mask united with its nnU-Net component.
+    gate_iou: (``sam`` and ``union``) keep the nnU-Net component when IoU(SAM mask, component)
+      < gate_iou (0 = off).
     min_component_px: nnU-Net components smaller than this are dropped before prompting.
     threshold_hu: the classical baseline's threshold.
     """
 
-    expansion: float = 0.0
-    pad_px: float = 2.0
+    expansion: float = 0.1
+    pad_px: float = 0.0
     crop_margin_px: int = 10
     min_crop_px: int = 44
+    fusion: str = "soft"
+    nnunet_weight: float = 0.7
+    sam_threshold: float = -1.0
     gate_iou: float = 0.0
     min_component_px: int = 1
     threshold_hu: float = -600.0
+
+    def __post_init__(self):
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not '{self.fusion}'")
+        if not 0.0 <= self.nnunet_weight <= 1.0:
+            raise ValueError(f"nnunet_weight must lie in [0, 1], not {self.nnunet_weight}")
+
+
+FUSIONS = ("soft", "sam", "union")
 
 
 # --------------------------------------------------------------------------------------------
 # Methods
 # --------------------------------------------------------------------------------------------
-def nnunet_slice(detector, hu2d: np.ndarray, spacing_yx) -> np.ndarray:
-    """The nnU-Net mask of one slice, predicted as a 1-slice volume (bool ``[y, x]``)."""
+def nnunet_slice(detector, hu2d: np.ndarray, spacing_yx, with_probability: bool = False):
+    """The nnU-Net mask of one slice, predicted as a 1-slice volume (bool ``[y, x]``).
+
+    with_probability: return ``(foreground probability, mask)`` instead.
+    """
     from NoduleSAMLib.volume import CTVolume
 
     volume = CTVolume.from_lps(hu2d[None].astype(np.float32),
                                (float(spacing_yx[1]), float(spacing_yx[0]), 999.0), (0.0, 0.0, 0.0))
-    return np.asarray(detector.predict(volume).mask[0], bool)
+    detection = detector.predict(volume)
+    mask = np.asarray(detection.mask[0], bool)
+    return (detection.probability[0], mask) if with_probability else mask
 
 
-def hybrid_slice(refiner, hu2d: np.ndarray, nnunet_mask: np.ndarray, settings: HybridSettings,
-                 image_key) -> tuple[np.ndarray, int, int]:
-    """nnU-Net components -> boxes -> SAM masks (union). Returns (mask, n_prompts, n_gated)."""
+def sam_logits_per_component(refiner, hu2d: np.ndarray, nnunet_mask: np.ndarray,
+                             settings: HybridSettings, image_key):
+    """One SAM prompt per 8-connected nnU-Net component: ``[(component, logits)]``, full size."""
     from NoduleSAMLib.boxes import box2d_from_contours
     from NoduleSAMLib.geometry import expand_box2d
 
     labels, n = ndimage.label(nnunet_mask, structure=np.ones((3, 3), bool))
-    out = np.zeros(hu2d.shape, bool)
-    prompts = gated = 0
+    out = []
     for index in range(1, n + 1):
         component = labels == index
         if component.sum() < settings.min_component_px:
             continue
         box = expand_box2d(box2d_from_contours(component), settings.expansion, settings.pad_px,
                            hu2d.shape)
-        mask = refiner.segment(hu2d.astype(np.float32), box, image_key)
-        prompts += 1
-        if settings.gate_iou > 0 and overlap(mask, component)["iou"] < settings.gate_iou:
+        out.append((component, refiner.logits(hu2d.astype(np.float32), box, image_key)))
+    return out
+
+
+def fuse(prompts, probability: np.ndarray, settings: HybridSettings) -> tuple[np.ndarray, int]:
+    """The hybrid mask from ``sam_logits_per_component``'s output and nnU-Net's probability.
+
+    Returns (mask, number of gated prompts)."""
+    s = settings
+    if s.fusion == "soft":
+        sam = np.zeros(probability.shape, np.float32)
+        for _, logits in prompts:
+            sam = np.maximum(sam, expit(logits - s.sam_threshold))
+        return s.nnunet_weight * probability + (1.0 - s.nnunet_weight) * sam > 0.5, 0
+    out = np.zeros(probability.shape, bool)
+    gated = 0
+    for component, logits in prompts:
+        mask = logits > s.sam_threshold
+        if s.fusion == "union":
+            mask = mask | component
+        if s.gate_iou > 0 and overlap(mask, component)["iou"] < s.gate_iou:
             mask = component
             gated += 1
         out |= mask
-    return out, prompts, gated
+    return out, gated
 
 
 def gt_box(consensus: np.ndarray, pad_px: float) -> np.ndarray:
@@ -264,12 +309,15 @@ def evaluate(voi_dir: str | Path, split: str, out: str | Path, model: str | Path
             hu = case.hu.astype(np.float32)
             gt = case.consensus > 0
             t = time.time()
-            nn_mask = nnunet_slice(detector, hu, case.spacing)
+            nn_probability, nn_mask = nnunet_slice(detector, hu, case.spacing, with_probability=True)
             timing["nnunet_s"] += time.time() - t
             t = time.time()
-            hy_mask, n_prompts, n_gated = hybrid_slice(hybrid_refiner, hu, nn_mask, settings,
-                                                       ("hybrid", case.case_id))
+            prompts = sam_logits_per_component(hybrid_refiner, hu, nn_mask, settings,
+                                               ("hybrid", case.case_id))
+            hy_mask, n_gated = fuse(prompts, nn_probability, settings)
             timing["hybrid_s"] += time.time() - t
+            sam_only = fuse(prompts, nn_probability, replace(settings, fusion="sam", gate_iou=0.0,
+                                                             sam_threshold=0.0))[0]
             box = gt_box(gt, PAD_PX)
             t = time.time()
             sam_mask = gt_refiner.segment(hu, box, ("gt", case.case_id))
@@ -279,8 +327,9 @@ def evaluate(voi_dir: str | Path, split: str, out: str | Path, model: str | Path
                    "n_readers": len(case.readers), "diameter_mm": entry.get("diameter_mm", ""),
                    "texture_median": entry.get("texture_median", ""), "k": case.k,
                    "gt_px": int(gt.sum()), "nnunet_components": int(ndimage.label(nn_mask, np.ones((3, 3)))[1]),
-                   "hybrid_prompts": n_prompts, "hybrid_gated": n_gated}
-            for method, mask in (("nnunet", nn_mask), ("hybrid", hy_mask), ("sam_gt_box", sam_mask),
+                   "hybrid_prompts": len(prompts), "hybrid_gated": n_gated}
+            for method, mask in (("nnunet", nn_mask), ("hybrid", hy_mask), ("sam_nnunet_box", sam_only),
+                                 ("sam_gt_box", sam_mask),
                                  ("threshold_gt_box", thr_mask)):
                 m = overlap(mask, gt)
                 row.update({f"{method}_{k}": m[k] for k in METRICS})
@@ -315,8 +364,11 @@ def evaluate(voi_dir: str | Path, split: str, out: str | Path, model: str | Path
 # command line: nodulesam-train evaluate
 # --------------------------------------------------------------------------------------------
 def _cmd_evaluate(args) -> int:
-    settings = HybridSettings(args.expansion, args.pad_px, args.crop_margin, args.min_crop,
-                              args.gate_iou, args.min_component_px, args.threshold_hu)
+    settings = HybridSettings(
+        expansion=args.expansion, pad_px=args.pad_px, crop_margin_px=args.crop_margin,
+        min_crop_px=args.min_crop, fusion=args.fusion, nnunet_weight=args.nnunet_weight,
+        sam_threshold=args.sam_threshold, gate_iou=args.gate_iou,
+        min_component_px=args.min_component_px, threshold_hu=args.threshold_hu)
     summary = evaluate(args.voi_dir, args.split, args.out, args.model, args.refiner, args.checkpoint,
                        args.limit, settings, args.device, threads=args.threads, bf16=args.bf16)
     print((Path(args.out) / "summary.md").read_text())
@@ -340,8 +392,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pad-px", type=float, default=d.pad_px, help="hybrid box padding (px)")
     p.add_argument("--crop-margin", type=int, default=d.crop_margin_px, help="hybrid crop margin (px)")
     p.add_argument("--min-crop", type=int, default=d.min_crop_px, help="hybrid smallest crop side (px)")
+    p.add_argument("--fusion", choices=FUSIONS, default=d.fusion,
+                   help="soft: weighted vote of the nnU-Net and SAM probabilities; sam: SAM's masks "
+                        "alone (the research design); union: SAM mask | nnU-Net component")
+    p.add_argument("--nnunet-weight", type=float, default=d.nnunet_weight,
+                   help="soft fusion: weight of nnU-Net's probability (SAM's is 1 minus this)")
+    p.add_argument("--sam-threshold", type=float, default=d.sam_threshold,
+                   help="SAM mask logit threshold (SAM's own is 0; lower gives larger masks)")
     p.add_argument("--gate-iou", type=float, default=d.gate_iou,
-                   help="keep the nnU-Net component when IoU(SAM, nnU-Net) < this (0 = off)")
+                   help="sam/union fusion: keep the nnU-Net component when IoU(SAM, nnU-Net) < this (0 = off)")
     p.add_argument("--min-component-px", type=int, default=d.min_component_px)
     p.add_argument("--threshold-hu", type=float, default=d.threshold_hu, help="classical baseline threshold")
     p.set_defaults(func=_cmd_evaluate)

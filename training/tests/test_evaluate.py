@@ -51,11 +51,43 @@ def test_metrics_and_baseline():
     loo = readers_loo(readers)
     assert 0 < loo["dsc"] < 1
     row = {"case_id": "x"}
-    for meth in ("nnunet", "hybrid", "sam_gt_box", "readers", "threshold_gt_box"):
+    for meth in ("nnunet", "hybrid", "sam_nnunet_box", "sam_gt_box", "readers", "threshold_gt_box"):
         row.update({f"{meth}_dsc": 0.5, f"{meth}_iou": 0.3, f"{meth}_precision": 0.5,
                     f"{meth}_recall": 0.5, f"{meth}_detected": True})
     s = summarize_rows([row, dict(row, hybrid_dsc=0.7)])
     assert s["n_cases"] == 2 and s["hybrid"]["dsc_mean"] == pytest.approx(0.6)
+
+
+def test_fusion_rules():
+    from nodulesam_train.evaluate import HybridSettings, fuse
+
+    component = np.zeros((12, 12), bool)
+    component[3:9, 3:9] = True
+    probability = np.where(component, 0.8, 0.05).astype(np.float32)
+    probability[3, 3] = 0.55  # a corner nnU-Net is unsure of
+    logits = np.full((12, 12), -10.0, np.float32)
+    logits[4:10, 4:10] = 10.0  # SAM: shifted by one pixel, sure of itself
+    prompts = [(component, logits)]
+
+    sam, _ = fuse(prompts, probability, HybridSettings(fusion="sam", sam_threshold=0.0))
+    assert (sam == (logits > 0)).all()
+    union, _ = fuse(prompts, probability, HybridSettings(fusion="union"))
+    assert (union == (component | (logits > -1))).all()
+    soft, _ = fuse(prompts, probability, HybridSettings(fusion="soft", nnunet_weight=0.7))
+    # 0.7 * 0.8 = 0.56 > 0.5 keeps nnU-Net's confident pixels even where SAM says no ...
+    assert soft[3, 8] and soft[8, 8]
+    # ... drops the unsure corner (0.7 * 0.55 + 0.3 * 0 < 0.5), and SAM alone cannot add pixels
+    # nnU-Net rejects (0.7 * 0.05 + 0.3 * 1 < 0.5)
+    assert not soft[3, 3] and not soft[9, 9]
+    assert soft.sum() == component.sum() - 1
+    # weight 0 is SAM alone, at its threshold
+    sam_only, _ = fuse(prompts, probability, HybridSettings(fusion="soft", nnunet_weight=0.0, sam_threshold=0.0))
+    assert (sam_only == (logits > 0)).all()
+    gated, n_gated = fuse([(component, np.full((12, 12), -10.0, np.float32))], probability,
+                          HybridSettings(fusion="sam", gate_iou=0.5))
+    assert n_gated == 1 and (gated == component).all()
+    with pytest.raises(ValueError, match="fusion"):
+        HybridSettings(fusion="average")
 
 
 def test_evaluate_limit5(voi_model, tmp_path):
@@ -69,7 +101,7 @@ def test_evaluate_limit5(voi_model, tmp_path):
                  "figures/best_worst.png", "figures/pixel_comparison.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
-    methods = ("nnunet", "hybrid", "sam_gt_box", "readers", "threshold_gt_box")
+    methods = ("nnunet", "hybrid", "sam_nnunet_box", "sam_gt_box", "readers", "threshold_gt_box")
     assert set(summary) == {"n_cases", "wilcoxon_p_dsc", "wilcoxon_p_iou", *methods}
     assert summary["n_cases"] == 5
     keys = {"dsc_mean", "dsc_median", "dsc_std", "iou_mean", "iou_median", "iou_std",

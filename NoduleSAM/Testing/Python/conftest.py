@@ -66,3 +66,29 @@ def sam():
     from NoduleSAMLib.models import build_sam
 
     return build_sam("litemedsam")
+
+
+class _MemoisedDetector:
+    """A real ``Detector`` whose predictions are kept per volume object, so that several tests
+    asking about the same CT run the network once."""
+
+    def __init__(self, detector):
+        self.detector = detector
+        self.predictor = detector.predictor
+        self._memo: dict[int, tuple] = {}
+
+    def predict(self, volume):
+        if id(volume) not in self._memo:
+            self._memo[id(volume)] = (volume, self.detector.predict(volume))  # keeps volume alive
+        return self._memo[id(volume)][1]
+
+
+@pytest.fixture(scope="session")
+def bundled_detector():
+    """The shipped ``nodule-detector`` (about 25 s per whole CT on 2 cores)."""
+    from NoduleSAMLib.detect import Detector
+    from NoduleSAMLib.models import detector_folder
+
+    detector = Detector(detector_folder("nodule-detector"))
+    detector.predictor.allow_tqdm = False
+    return _MemoisedDetector(detector)

@@ -146,3 +146,43 @@ def test_lung_gate_applies_to_whole_chest_slices_only(ct_0001, nodule_crop_0001)
     assert shows_whole_chest(ct_0001.hu.shape, ct_0001.spacing_zyx_mm)
     crop, _ = nodule_crop_0001
     assert not shows_whole_chest(crop.hu.shape, crop.spacing_zyx_mm)
+
+
+def test_flat_detections_are_dropped_round_ones_kept():
+    from NoduleSAMLib.boxes import depth_ratio, round_enough
+
+    mask = np.zeros((12, 60, 60), bool)
+    mask[2:10, 5:15, 5:15] = True      # 8 slices x 2.5 mm = 20 mm deep, 10 x 0.7 = 7 mm wide
+    mask[5:7, 30:58, 30:50] = True     # 2 slices (5 mm) deep, 28 x 0.7 = 19.6 mm wide: flat
+    candidates = candidates_from_mask(mask, mask * 0.9, (2.5, 0.7, 0.7), min_volume_mm3=1)
+    ratios = sorted(depth_ratio(c, (2.5, 0.7, 0.7)) for c in candidates)
+    assert ratios == pytest.approx([5 / 19.6, 20 / 7])
+    kept = round_enough(candidates, (2.5, 0.7, 0.7), 0.35, n_slices=12)
+    assert len(kept) == 1 and kept[0].detector_mask.sum() == 8 * 100 and kept[0].name == "Nodule 1"
+    # a flat detection on the volume's last slice may be a nodule cut by the scan: kept
+    mask[5:7, 30:58, 30:50] = False
+    mask[10:12, 30:58, 30:50] = True
+    candidates = candidates_from_mask(mask, mask * 0.9, (2.5, 0.7, 0.7), min_volume_mm3=1)
+    assert len(round_enough(candidates, (2.5, 0.7, 0.7), 0.35, n_slices=12)) == 2
+    assert len(round_enough(candidates, (2.5, 0.7, 0.7), 0.35)) == 1
+
+
+def test_bundled_detector_on_a_whole_ct_keeps_the_nodule_and_drops_flat_detections(
+        bundled_detector, ct_0001, reference_0001):
+    """The shipped detector on all 133 slices of LIDC-IDRI-0001."""
+    from NoduleSAMLib.boxes import depth_ratio
+
+    detector = bundled_detector
+    everything = Pipeline(detector, min_in_lungs=0, min_depth_ratio=0).detect(ct_0001)
+    filtered = Pipeline(detector).detect(ct_0001)
+
+    def hits(candidate):
+        z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+        return (reference_0001[z0:z1, y0:y1, x0:x1][candidate.detector_mask] > 0).any()
+
+    assert [c.name for c in filtered if hits(c)] == ["Nodule 1"]  # the nodule, first by score
+    assert len(filtered) < len(everything)
+    flat = [c for c in everything if depth_ratio(c, ct_0001.spacing_zyx_mm) < 0.35]
+    assert flat and not any(hits(c) for c in flat)
+    kept_boxes = {c.box_ijk for c in filtered}
+    assert not kept_boxes & {c.box_ijk for c in flat}

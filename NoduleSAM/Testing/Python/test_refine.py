@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from NoduleSAMLib.boxes import PAD_PX, candidates_from_mask
 from NoduleSAMLib.geometry import box2d_of_mask, expand_box2d
-from NoduleSAMLib.refine import BoxRefiner
+from NoduleSAMLib.refine import OUTSIDE_LOGIT, BoxRefiner
 
 
 def dice(a, b):
@@ -57,6 +57,14 @@ def test_editing_a_box_inside_the_crop_reuses_the_embedding(sam, test_cases):
     refiner.segment(hu[z], box + 400, (cid, z))  # far away: a new crop
     refiner.segment(hu[z - 1], box, (cid, z - 1))  # another slice
     assert refiner.encoder_calls == 3
+    # logits are what segment thresholds; outside the crop (if the slice is larger) they say
+    # "background" for sure
+    logits = refiner.logits(hu[z], box, (cid, z))
+    assert logits.shape == hu[z].shape and logits.dtype == np.float32
+    assert ((logits > sam.mask_threshold) == first).all()
+    assert logits.min() >= OUTSIDE_LOGIT and logits.max() > 0
+    far = refiner.logits(hu[z], box + 400, (cid, z))  # crop mostly outside the slice
+    assert far[: int(box[3]) + 1, : int(box[2]) + 1].max() == OUTSIDE_LOGIT
 
 
 def test_refine_candidate_in_3d(sam, nodule_crop_0001):
@@ -68,3 +76,34 @@ def test_refine_candidate_in_3d(sam, nodule_crop_0001):
     assert mask.shape == (z1 - z0, y1 - y0, x1 - x0)
     assert dice(mask, truth[z0:z1, y0:y1, x0:x1]) > 0.8
     assert not truth[:z0].any() and not truth[z1:].any()
+
+
+def test_detector_sam_vote_on_a_real_nodule(sam, bundled_detector, ct_0001, reference_0001):
+    """The bundled detector on the whole of LIDC-IDRI-0001 (a scan it was trained on), then
+    nodule 1 refined by the detector-SAM vote (the default) and by SAM alone."""
+    from NoduleSAMLib.pipeline import Pipeline
+    from NoduleSAMLib.refine import RefineSettings
+
+    candidate = Pipeline(bundled_detector).detect(ct_0001)[0]
+    z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+    reference = reference_0001[z0:z1, y0:y1, x0:x1] > 0
+    assert (reference & candidate.detector_mask).any(), "Nodule 1 is the nodule"
+    prior = candidate.prior()
+    assert prior is not None and prior.shape == reference.shape
+
+    refiner = BoxRefiner(sam)
+    voted = refiner.refine(ct_0001.hu, candidate, "0001")
+    alone = BoxRefiner(sam, RefineSettings(detector_weight=0.0)).refine(ct_0001.hu, candidate, "0001")
+    # the vote never paints where the detector is below (0.5 - 0.3) / 0.7
+    assert not voted[prior < 0.2 / 0.7].any()
+    # SAM alone spreads onto the slices above and below the nodule; the vote does not
+    assert alone[0].any() and not voted[0].any()
+    assert dice(voted, reference) > 0.85
+    assert dice(voted, reference) > dice(alone, reference)
+    # an edited box is the user's: SAM alone, from cached embeddings
+    calls = refiner.encoder_calls
+    candidate.box_ijk = (z0, z1, y0 + 1, y1, x0, x1)
+    assert candidate.prior() is None
+    edited = refiner.refine(ct_0001.hu, candidate, "0001")
+    assert refiner.encoder_calls == calls
+    assert dice(edited, alone[:, 1:]) > 0.9

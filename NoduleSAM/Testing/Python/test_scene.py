@@ -112,6 +112,15 @@ def test_detect_with_a_stand_in_detector(headless, case):
     assert sc.box_from_roi(roi, volume_node) == case.candidates()[0].box_ijk
     candidate, _ = sc.candidate_from_roi(roi, volume_node, case.volume.hu.shape)
     assert sorted(candidate.slice_boxes) == sorted(case.candidates()[0].slice_boxes)
+    # the detector's probability travels with the ROI (saved with the scene) ...
+    z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+    np.testing.assert_allclose(candidate.prior(), case.reference[z0:z1, y0:y1, x0:x1], atol=1 / 255)
+    # ... and stops counting once the user edits the box: SAM alone refines an edited box
+    roi.SetSize(*(np.array(roi.GetSize()) + 4 * case.volume.spacing_ijk_mm))
+    edited, _ = sc.candidate_from_roi(roi, volume_node, case.volume.hu.shape)
+    assert edited.box_ijk != candidate.box_ijk and edited.prior() is None
+    roi.SetAttribute(sc.ROI_PRIOR_ATTRIBUTE, "{not json")
+    assert sc.candidate_from_roi(roi, volume_node, case.volume.hu.shape)[0].detector_probability is None
 
 
 def test_detect(headless, case):
