@@ -9,12 +9,12 @@ Pass 2 scores every combination of box setting x SAM threshold x fusion rule fro
 precision / recall) and ``OUT/sweep.md`` (sorted by DSC). Choose settings on ``val``; run
 ``nodulesam-train evaluate`` with them on ``test``.
 
-Fusion rules (per nnU-Net component ``c``, SAM mask ``S_c = logits_c > t``):
+Fusion rules (``evaluate.fuse``; per nnU-Net component ``c``, SAM mask ``S_c = logits_c > t``):
 
 - ``sam``: the union of the SAM masks (the plain hybrid);
 - ``gate<g>``: ``S_c``, or ``c`` itself when IoU(S_c, c) < g;
 - ``union``: ``S_c | c``;
-- ``mean<w>``: ``w * P_nnunet + (1 - w) * sigmoid(max_c logits_c) > 0.5`` (soft voting).
+- ``mean<w>``: ``w * P_nnunet + (1 - w) * sigmoid(max_c logits_c - t) > 0.5`` (soft vote).
 """
 from __future__ import annotations
 
@@ -38,41 +38,39 @@ FUSIONS = ("sam", "gate0.5", "gate0.7", "union", "mean0.3", "mean0.5", "mean0.7"
 
 
 def cache_case(path: Path, case, detector, refiner) -> None:
-    from NoduleSAMLib.boxes import box2d_from_contours
-    from NoduleSAMLib.geometry import expand_box2d
-    from nodulesam_train.evaluate import nnunet_slice
+    from nodulesam_train.evaluate import HybridSettings, nnunet_slice, sam_logits_per_component
 
     hu = case.hu.astype(np.float32)
     probability, mask = nnunet_slice(detector, hu, case.spacing, with_probability=True)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     logits = np.zeros((len(BOXES), n) + hu.shape, np.float16)
-    for index in range(1, n + 1):
-        contour_box = box2d_from_contours(labels == index)
-        for b, (expansion, pad) in enumerate(BOXES):
-            box = expand_box2d(contour_box, expansion, pad, hu.shape)
-            logits[b, index - 1] = np.clip(refiner.logits(hu, box, case.case_id), -60, 60)
+    for b, (expansion, pad) in enumerate(BOXES):
+        prompts = sam_logits_per_component(refiner, hu, mask, HybridSettings(expansion=expansion, pad_px=pad),
+                                           case.case_id)
+        for c, (_, component_logits) in enumerate(prompts):  # components in label order
+            logits[b, c] = np.clip(component_logits, -60, 60)
     np.savez_compressed(path, gt=case.consensus > 0, probability=probability.astype(np.float16),
                         labels=labels.astype(np.int16), logits=logits)
 
 
-def fuse(rule: str, threshold: float, probability, labels, logits) -> np.ndarray:
-    from nodulesam_train.metrics import overlap
+def settings_for(rule: str, threshold: float):
+    """The ``evaluate.HybridSettings`` of a sweep rule name (``sam``, ``gate0.7``, ``union``, ``mean0.7``)."""
+    from nodulesam_train.evaluate import HybridSettings
 
-    n = logits.shape[0]
     if rule.startswith("mean"):
-        w = float(rule[4:])
-        sam = 1 / (1 + np.exp(-(logits.max(axis=0).astype(np.float32) - threshold))) if n else 0.0
-        return w * probability + (1 - w) * sam > 0.5
-    out = np.zeros(labels.shape, bool)
-    for c in range(n):
-        component = labels == c + 1
-        mask = logits[c] > threshold
-        if rule == "union":
-            mask = mask | component
-        elif rule.startswith("gate") and overlap(mask, component)["iou"] < float(rule[4:]):
-            mask = component
-        out |= mask
-    return out
+        return HybridSettings(fusion="soft", nnunet_weight=float(rule[4:]), sam_threshold=threshold)
+    if rule.startswith("gate"):
+        return HybridSettings(fusion="sam", gate_iou=float(rule[4:]), sam_threshold=threshold)
+    return HybridSettings(fusion=rule, sam_threshold=threshold)
+
+
+def fuse_cached(rule: str, threshold: float, case: dict, box_index: int) -> np.ndarray:
+    """``evaluate.fuse`` on a cached case."""
+    from nodulesam_train.evaluate import fuse
+
+    logits = case["logits"][box_index].astype(np.float32)
+    prompts = [(case["labels"] == c + 1, logits[c]) for c in range(logits.shape[0])]
+    return fuse(prompts, case["probability"].astype(np.float32), settings_for(rule, threshold))[0]
 
 
 def main() -> None:
@@ -121,8 +119,7 @@ def main() -> None:
     rows.append({"box": "-", "threshold": "-", "fusion": "nnunet alone"} |
                 {k: float(np.mean([m[k] for m in nnunet])) for k in ("dsc", "iou", "precision", "recall")})
     for (b, (expansion, pad)), threshold, rule in itertools.product(enumerate(BOXES), THRESHOLDS, FUSIONS):
-        scores = [overlap(fuse(rule, threshold, c["probability"].astype(np.float32), c["labels"],
-                               c["logits"][b]), c["gt"]) for c in cases]
+        scores = [overlap(fuse_cached(rule, threshold, c, b), c["gt"]) for c in cases]
         dsc = np.array([s["dsc"] for s in scores])
         rows.append({"box": f"expansion {expansion} + {pad:g} px", "threshold": threshold, "fusion": rule}
                     | {k: float(np.mean([s[k] for s in scores])) for k in ("dsc", "iou", "precision", "recall")}

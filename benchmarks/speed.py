@@ -46,6 +46,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
+def add_speed_row(path: Path, row: str) -> None:
+    """Insert ``row`` after the last row of the speed table (the first table of the Speed section)."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Speed"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    rows = [i for i in range(start, end) if lines[i].startswith("| 20")]
+    at = rows[-1] + 1 if rows else end
+    lines.insert(at, row)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lidc-dir", default=default_lidc_dir(),
@@ -126,14 +137,14 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip()
-    row = (f"| {results['date']} | {commit} | `python benchmarks/speed.py` | {results['machine']} | "
+    bf16 = results.get("encoder_bf16_s_per_crop")
+    command = " ".join(["python benchmarks/speed.py", *sys.argv[1:]])
+    row = (f"| {results['date']} | {commit} | `{command}` | {results['machine']} | "
            f"{results.get('detector_s_per_slice', float('nan')):.3f} | "
-           f"{results['encoder_fp32_s_per_crop']:.2f} / {results.get('encoder_bf16_s_per_crop', float('nan')):.2f} | "
+           f"{results['encoder_fp32_s_per_crop']:.2f} / {'not run' if bf16 is None else f'{bf16:.2f}'} | "
            f"{results['decoder_s_per_box']:.3f} | {results.get('segment_total_s', float('nan')):.1f} | "
-           f"{results['peak_rss_mb']:.0f} |\n")
-    benchmarks = REPO / "BENCHMARKS.md"
-    with open(benchmarks, "a") as handle:
-        handle.write(row)
+           f"{results['peak_rss_mb']:.0f} |")
+    add_speed_row(REPO / "BENCHMARKS.md", row)
     print(json.dumps(results, indent=2))
 
 

@@ -37,8 +37,8 @@ class RefineSettings:
       detected), each slice's mask is the vote ``detector_weight x P_detector + (1 -
       detector_weight) x sigmoid(SAM logit - sam_threshold) > 0.5``; 0 gives SAM alone. Chosen on
       the LIDC VOIs' ``val`` split (benchmarks/hybrid_sweep.py): there the vote beats both models
-      alone; on whole CTs it keeps SAM from spreading onto slices the detector rejected.
-    sam_threshold: the SAM logit the vote centres SAM's probability on (SAM's own threshold is 0).
+      alone in DSC; on whole CTs it keeps SAM from spreading onto slices the detector rejected.
+    sam_threshold: the SAM logit the vote centres SAM's probability on (0: SAM's own threshold).
     """
 
     window_hu: tuple[float, float] = (-1350.0, 150.0)
@@ -48,7 +48,7 @@ class RefineSettings:
     min_overlap: float = 0.3
     min_mean_hu: float = -800.0
     detector_weight: float = 0.7
-    sam_threshold: float = -1.0
+    sam_threshold: float = 0.0
 
 
 class BoxRefiner:

@@ -9,7 +9,7 @@ the 50 % consensus as ground truth:
 - ``hybrid``: nnU-Net + SAM: one box per 8-connected component of the nnU-Net mask
   (``boxes.box2d_from_contours`` + ``expand_box2d(expansion, pad_px)``), each prompted through
   ``BoxRefiner.logits`` on its crop, fused with nnU-Net's probability (``HybridSettings.fusion``;
-  by default a soft vote, 0.7 nnU-Net + 0.3 SAM);
+  by default the engine's vote, 0.7 nnU-Net + 0.3 SAM);
 - ``sam_nnunet_box``: the same prompts' SAM masks alone (logit > 0, united), i.e. the research
   design's hybrid, so that the table shows what the fusion adds;
 - ``sam_gt_box``: SAM with the ground-truth box (tight + ``boxes.PAD_PX``), default settings;
@@ -34,6 +34,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import expit
 
+from NoduleSAMLib.boxes import EXPANSION, PAD_PX
+from NoduleSAMLib.refine import RefineSettings
+
 from .metrics import overlap, summarize, threshold_in_box
 
 METHODS = ("nnunet", "hybrid", "sam_nnunet_box", "sam_gt_box", "readers", "threshold_gt_box")
@@ -44,11 +47,12 @@ METRICS = ("dsc", "iou", "precision", "recall", "detected")
 
 @dataclass
 class HybridSettings:
-    """Knobs of the hybrid. The defaults were chosen on ``val`` (benchmarks/hybrid_sweep.py: the
-    highest DSC whose recall is at least nnU-Net's); BENCHMARKS.md reports them with the test numbers.
+    """Knobs of the hybrid. The defaults are the engine's: its prompt box, SAM's own threshold and
+    the detector weight of ``RefineSettings`` (chosen on ``val`` with benchmarks/hybrid_sweep.py),
+    so that the evaluation measures what the product does. BENCHMARKS.md reports them.
 
     expansion / pad_px: each side of a component's contour box moves out by
-      ``expansion`` x the box size + ``pad_px`` pixels (the engine's defaults are 0.0 / 2.0).
+      ``expansion`` x the box size + ``pad_px`` pixels.
     crop_margin_px / min_crop_px: the refiner's crop around the box (``RefineSettings``).
     fusion: how SAM's answer and nnU-Net's combine:
       ``soft``: soft voting, ``nnunet_weight`` x nnU-Net's foreground probability +
@@ -62,13 +66,13 @@ class HybridSettings:
     threshold_hu: the classical baseline's threshold.
     """
 
-    expansion: float = 0.1
-    pad_px: float = 0.0
-    crop_margin_px: int = 10
-    min_crop_px: int = 44
+    expansion: float = EXPANSION
+    pad_px: float = PAD_PX
+    crop_margin_px: int = RefineSettings.crop_margin_px
+    min_crop_px: int = RefineSettings.min_crop_px
     fusion: str = "soft"
-    nnunet_weight: float = 0.7
-    sam_threshold: float = -1.0
+    nnunet_weight: float = RefineSettings.detector_weight
+    sam_threshold: float = RefineSettings.sam_threshold
     gate_iou: float = 0.0
     min_component_px: int = 1
     threshold_hu: float = -600.0
