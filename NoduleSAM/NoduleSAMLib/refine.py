@@ -20,6 +20,15 @@ AIR_HU = -1024.0
 OUTSIDE_LOGIT = -100.0
 
 
+def detector_sam_vote(prior: np.ndarray, logits: np.ndarray, detector_weight: float,
+                      sam_threshold: float) -> np.ndarray:
+    """``detector_weight x prior + (1 - detector_weight) x sigmoid(logits - sam_threshold) > 0.5``.
+
+    prior: the detector's foreground probability; logits: SAM's mask logits (same shape)."""
+    sam = expit(logits - sam_threshold)
+    return detector_weight * prior + (1.0 - detector_weight) * sam > 0.5
+
+
 @dataclass
 class RefineSettings:
     """Knobs of refinement (defaults chosen on LIDC VOIs, see docs/architecture.md).
@@ -127,8 +136,7 @@ class BoxRefiner:
         s = self.settings
         if prior is None or s.detector_weight <= 0:
             return logits > self.sam.mask_threshold
-        sam = expit(logits - s.sam_threshold)
-        return s.detector_weight * prior + (1.0 - s.detector_weight) * sam > 0.5
+        return detector_sam_vote(prior, logits, s.detector_weight, s.sam_threshold)
 
     def refine(self, hu: np.ndarray, candidate: Candidate, volume_key, on_slice=None) -> np.ndarray:
         """The candidate's mask, bool, shaped like its 3D box (``hu[box]``).

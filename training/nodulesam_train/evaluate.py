@@ -32,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scipy.special import expit
 
 from NoduleSAMLib.boxes import EXPANSION, PAD_PX
-from NoduleSAMLib.refine import RefineSettings
+from NoduleSAMLib.refine import OUTSIDE_LOGIT, RefineSettings, detector_sam_vote
 
 from .metrics import overlap, summarize, threshold_in_box
 
@@ -128,10 +127,10 @@ def fuse(prompts, probability: np.ndarray, settings: HybridSettings) -> tuple[np
     Returns (mask, number of gated prompts)."""
     s = settings
     if s.fusion == "soft":
-        sam = np.zeros(probability.shape, np.float32)
-        for _, logits in prompts:
-            sam = np.maximum(sam, expit(logits - s.sam_threshold))
-        return s.nnunet_weight * probability + (1.0 - s.nnunet_weight) * sam > 0.5, 0
+        logits = np.full(probability.shape, OUTSIDE_LOGIT, np.float32)
+        for _, component_logits in prompts:
+            logits = np.maximum(logits, component_logits)
+        return detector_sam_vote(probability, logits, s.nnunet_weight, s.sam_threshold), 0
     out = np.zeros(probability.shape, bool)
     gated = 0
     for component, logits in prompts:
