@@ -6,7 +6,8 @@ Pass 1 runs the expensive models once per case and caches, under ``OUT/cache/``,
 foreground probability and, for every box setting, SAM's logits of each nnU-Net component.
 Pass 2 scores every combination of box setting x SAM threshold x fusion rule from the cache
 (no model runs) and writes ``OUT/sweep.csv`` (one row per combination, mean DSC / IoU /
-precision / recall) and ``OUT/sweep.md`` (sorted by DSC). Choose settings on ``val``; run
+precision / recall), ``OUT/sweep.md`` (sorted by DSC) and ``OUT/per_case.npz`` (per combination
+and case: DSC and recall, for benchmarks/hybrid_robustness.py). Choose settings on ``val``; run
 ``nodulesam-train evaluate`` with them on ``test``.
 
 Fusion rules (``evaluate.fuse``; per nnU-Net component ``c``, SAM mask ``S_c = logits_c > t``):
@@ -114,16 +115,24 @@ def main() -> None:
 
     cases = [np.load(out / "cache" / f"{e['case_id']}.npz") for e in table]
     cases = [{k: c[k] for k in c.files} for c in cases]
-    rows = []
+    rows, per_case = [], {"names": [], "dsc": [], "recall": []}
     nnunet = [overlap(c["probability"] > 0.5, c["gt"]) for c in cases]
+    per_case["names"].append("nnunet alone")
+    per_case["dsc"].append([m["dsc"] for m in nnunet])
+    per_case["recall"].append([m["recall"] for m in nnunet])
     rows.append({"box": "-", "threshold": "-", "fusion": "nnunet alone"} |
                 {k: float(np.mean([m[k] for m in nnunet])) for k in ("dsc", "iou", "precision", "recall")})
     for (b, (expansion, pad)), threshold, rule in itertools.product(enumerate(BOXES), THRESHOLDS, FUSIONS):
         scores = [overlap(fuse_cached(rule, threshold, c, b), c["gt"]) for c in cases]
         dsc = np.array([s["dsc"] for s in scores])
+        per_case["names"].append(f"{expansion:g}+{pad:g}px t={threshold:g} {rule}")
+        per_case["dsc"].append(dsc)
+        per_case["recall"].append([s["recall"] for s in scores])
         rows.append({"box": f"expansion {expansion} + {pad:g} px", "threshold": threshold, "fusion": rule}
                     | {k: float(np.mean([s[k] for s in scores])) for k in ("dsc", "iou", "precision", "recall")}
                     | {"wins_vs_nnunet": int((dsc > np.array([m["dsc"] for m in nnunet]) + 1e-9).sum())})
+    np.savez_compressed(out / "per_case.npz", case_ids=[e["case_id"] for e in table],
+                        **{k: np.asarray(v) for k, v in per_case.items()})
     with open(out / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[1]))
         writer.writeheader()
