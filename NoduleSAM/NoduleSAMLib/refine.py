@@ -138,6 +138,17 @@ class BoxRefiner:
             return logits > self.sam.mask_threshold
         return detector_sam_vote(prior, logits, s.detector_weight, s.sam_threshold)
 
+    def decided_by_detector(self, prior: np.ndarray) -> np.ndarray | None:
+        """The vote's mask when SAM cannot change it, else None.
+
+        SAM's probability lies in (0, 1), so a pixel is in the vote's mask whatever SAM says when
+        ``w x P > 0.5``, and out of it whatever SAM says when ``w x P + (1 - w) <= 0.5``. When
+        every pixel of the slice is one or the other, SAM need not run (no encoder call)."""
+        w = self.settings.detector_weight
+        surely_in = w * prior > 0.5
+        surely_out = w * prior + (1.0 - w) <= 0.5
+        return surely_in if (surely_in | surely_out).all() else None
+
     def refine(self, hu: np.ndarray, candidate: Candidate, volume_key, on_slice=None) -> np.ndarray:
         """The candidate's mask, bool, shaped like its 3D box (``hu[box]``).
 
@@ -145,14 +156,19 @@ class BoxRefiner:
         neighbouring slice's refined mask; a candidate without detector prompts (a user's box)
         starts from its box on the central slice. The 3D box bounds the result. A candidate that
         still has its detector probability (``Candidate.prior()``) gets the detector-SAM vote on
-        every slice (``vote``); others (boxes drawn or edited by the user) get SAM's mask.
+        every slice (``vote``), and SAM runs only on slices where it can change the vote
+        (``decided_by_detector``); others (boxes drawn or edited by the user) get SAM's mask.
         on_slice: optional callable run after each slice; raising from it stops the work (Cancel).
         """
         s = self.settings
-        prior = candidate.prior()
+        prior = candidate.prior() if s.detector_weight > 0 else None
         z0, z1, y0, y1, x0, x1 = candidate.box_ijk
 
         def mask_on(z, box):
+            if prior is not None:
+                decided = self.decided_by_detector(prior[z - z0])
+                if decided is not None:
+                    return decided
             logits = self.logits(hu[z], box, (volume_key, z))[y0:y1, x0:x1]
             return self.vote(logits, None if prior is None else prior[z - z0])
 

@@ -93,7 +93,10 @@ def test_detector_sam_vote_on_a_real_nodule(sam, bundled_detector, ct_0001, refe
 
     refiner = BoxRefiner(sam)
     voted = refiner.refine(ct_0001.hu, candidate, "0001")
-    alone = BoxRefiner(sam, RefineSettings(detector_weight=0.0)).refine(ct_0001.hu, candidate, "0001")
+    alone_refiner = BoxRefiner(sam, RefineSettings(detector_weight=0.0))
+    alone = alone_refiner.refine(ct_0001.hu, candidate, "0001")
+    # SAM ran only on slices where it could change the vote (the box has 12 slices)
+    assert 0 < refiner.encoder_calls < alone_refiner.encoder_calls == reference.shape[0]
     # the vote never paints where the detector is below (0.5 - 0.3) / 0.7
     assert not voted[prior < 0.2 / 0.7].any()
     # SAM alone spreads onto the slices above and below the nodule; the vote does not
@@ -101,9 +104,19 @@ def test_detector_sam_vote_on_a_real_nodule(sam, bundled_detector, ct_0001, refe
     assert dice(voted, reference) > 0.85
     assert dice(voted, reference) > dice(alone, reference)
     # an edited box is the user's: SAM alone, from cached embeddings
-    calls = refiner.encoder_calls
+    calls = alone_refiner.encoder_calls
     candidate.box_ijk = (z0, z1, y0 + 1, y1, x0, x1)
     assert candidate.prior() is None
-    edited = refiner.refine(ct_0001.hu, candidate, "0001")
-    assert refiner.encoder_calls == calls
+    edited = alone_refiner.refine(ct_0001.hu, candidate, "0001")
+    assert alone_refiner.encoder_calls == calls
     assert dice(edited, alone[:, 1:]) > 0.9
+
+
+def test_the_detector_alone_decides_where_sam_cannot_change_the_vote(sam):
+    refiner = BoxRefiner(sam)  # weight 0.7: SAM matters only where 2/7 < P <= 5/7
+    sure = np.array([[0.0, 0.1, 0.28], [0.72, 0.9, 1.0]], np.float32)
+    np.testing.assert_array_equal(refiner.decided_by_detector(sure), sure > 0.5)
+    assert refiner.decided_by_detector(np.array([[0.1, 0.5]], np.float32)) is None
+    # the shortcut agrees with the vote for any SAM answer
+    for logits in (np.full(sure.shape, -50.0, np.float32), np.full(sure.shape, 50.0, np.float32)):
+        np.testing.assert_array_equal(refiner.vote(logits, sure), refiner.decided_by_detector(sure))
