@@ -79,6 +79,14 @@ def write_report(report: dict, path: str | Path) -> Path:
     return path
 
 
+def overview_slice(nodule) -> int:
+    """The slice an overview shows: the nodule's long-axis slice (0 included), else its box's
+    middle slice."""
+    z = nodule.measurements.get("long_axis_slice")
+    z0, z1 = nodule.candidate.box_ijk[:2]
+    return (z0 + z1) // 2 if z is None else int(z)
+
+
 def write_overview_png(result: Result, path: str | Path, window_hu=(-1350, 150)) -> Path:
     """One axial slice per nodule (its long-axis slice), zoomed, with the contour drawn."""
     import matplotlib
@@ -100,7 +108,7 @@ def write_overview_png(result: Result, path: str | Path, window_hu=(-1350, 150))
     labelmap = result.labelmap()
     for axis, nodule in zip(axes.ravel(), nodules):
         z0, z1, y0, y1, x0, x1 = nodule.candidate.box_ijk
-        z = nodule.measurements.get("long_axis_slice") or (z0 + z1) // 2
+        z = overview_slice(nodule)
         half = max(y1 - y0, x1 - x0, 24)
         cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
         ys = slice(max(cy - half, 0), min(cy + half, hu.shape[1]))

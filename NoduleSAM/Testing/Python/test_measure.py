@@ -34,3 +34,20 @@ def test_measure_nodule_volume_hu_and_centroid():
     assert m["long_axis_mm"] == pytest.approx(np.hypot(1.5, 1.5))  # corner to corner centres
     empty = measure_nodule(volume, np.zeros(hu.shape, bool))
     assert empty["volume_mm3"] == 0 and empty["mean_hu"] is None
+
+
+def test_overview_shows_the_long_axis_slice_even_when_it_is_slice_0():
+    from NoduleSAMLib.boxes import Candidate
+    from NoduleSAMLib.outputs import overview_slice
+    from NoduleSAMLib.pipeline import Nodule
+
+    hu = np.full((3, 20, 20), -900.0, np.float32)
+    hu[0, 5:12, 5:10] = 40.0  # the nodule lies on the first slice only
+    volume = CTVolume.from_lps(hu, (0.7, 0.7, 5.0), (0.0, 0.0, 0.0))
+    mask = hu > 0
+    nodule = Nodule(Candidate("Nodule 1", (0, 3, 0, 20, 0, 20)), mask, measure_nodule(volume, mask))
+    assert nodule.measurements["long_axis_slice"] == 0
+    assert overview_slice(nodule) == 0
+    empty = Nodule(Candidate("Nodule 2", (0, 3, 0, 20, 0, 20)), np.zeros_like(mask),
+                   measure_nodule(volume, np.zeros_like(mask)))
+    assert overview_slice(empty) == 1
