@@ -103,6 +103,7 @@ class BoxRefiner:
         # Area interpolation, as LiteMedSAM's own pre-processing (better than bilinear here).
         resized = cv2.resize(pixels.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
         tensor = torch.from_numpy(np.repeat(resized[None, None], 3, axis=1)).to(self.device)
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
         predictor = SamPredictor(self.sam)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             predictor.set_torch_image(tensor, (crop.size, crop.size))
