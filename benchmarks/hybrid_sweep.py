@@ -42,7 +42,7 @@ def cache_case(path: Path, case, detector, refiner) -> None:
     from nodulesam_train.evaluate import HybridSettings, nnunet_slice, sam_logits_per_component
 
     hu = case.hu.astype(np.float32)
-    probability, mask = nnunet_slice(detector, hu, case.spacing, with_probability=True)
+    probability, mask = nnunet_slice(detector, hu, case.spacing)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     logits = np.zeros((len(BOXES), n) + hu.shape, np.float16)
     for b, (expansion, pad) in enumerate(BOXES):

@@ -27,10 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 from nodulesam_train.detector_data import default_lidc_dir  # noqa: E402
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+from nodulesam_train.metrics import overlap  # noqa: E402
 
 
 def main() -> None:
@@ -93,7 +90,7 @@ def main() -> None:
             for key, mask in masks.items():
                 full = np.zeros(truth.shape, bool)
                 full[z0:z1, y0:y1, x0:x1] = mask
-                row[f"dsc_{key}"] = dice(full, truth)
+                row[f"dsc_{key}"] = overlap(full, truth)["dsc"]
             entry["nodules"].append(row)
         entry["seconds"] = time.perf_counter() - start
         results[name] = entry

@@ -83,8 +83,8 @@ class Pipeline:
       scan's first slices) and keeps the lesion. Applied only to volumes that show the whole
       chest cross-section (not to crops such as LIDC VOIs).
     min_depth_ratio: drop candidates much thinner in z than wide (``boxes.round_enough``; 0
-      keeps all). Applied to volumes of more than one slice, and not to candidates cut by the
-      volume's first or last slice.
+      keeps all). Not applied to candidates reaching the volume's first or last slice, whose
+      depth is cut off (so a one-slice volume keeps all).
     """
 
     def __init__(self, detector=None, refiner: BoxRefiner | None = None,
@@ -114,7 +114,7 @@ class Pipeline:
             if self.min_in_lungs > 0 and shows_whole_chest(volume.hu.shape, volume.spacing_zyx_mm):
                 lungs = lung_mask(volume.hu, volume.spacing_zyx_mm)
                 candidates = boxes_mod.in_lungs(candidates, lungs, self.min_in_lungs)
-            if self.min_depth_ratio > 0 and volume.hu.shape[0] > 1:
+            if self.min_depth_ratio > 0:
                 candidates = boxes_mod.round_enough(candidates, volume.spacing_zyx_mm,
                                                     self.min_depth_ratio, volume.hu.shape[0])
             return candidates

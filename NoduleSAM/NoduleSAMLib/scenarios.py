@@ -28,6 +28,17 @@ def check(condition, message: str) -> None:
         raise ScenarioFailure(message)
 
 
+def expect_user_error(action, fragment: str, what: str) -> None:
+    """``action()`` must raise a ``NoduleSAMError`` whose message contains ``fragment``;
+    ``what`` names the case in the failure message."""
+    try:
+        action()
+    except sc.NoduleSAMError as err:
+        check(fragment in str(err), f"unclear message for {what}: {err}")
+    else:
+        raise ScenarioFailure(f"{what} was accepted")
+
+
 @dataclass
 class Case:
     """A real CT cropped around a nodule, and its reference mask (same grid)."""
@@ -257,12 +268,7 @@ def refine_and_edit(scene, volume_node, case: Case, logic: sc.Logic | None = Non
     sc.set_roi_to_box(stray, volume_node, (shape[0] + 5, shape[0] + 9, 0, 4, 0, 4))
     before = (scene.GetNumberOfNodes(), segmentation.GetNumberOfSegments(),
               params.measurementTable.GetTable().GetNumberOfRows())
-    try:
-        logic.refine(params)
-    except sc.NoduleSAMError as err:
-        check("outside the CT" in str(err), f"unclear message for an ROI off the CT: {err}")
-    else:
-        raise ScenarioFailure("an ROI outside the CT was accepted")
+    expect_user_error(lambda: logic.refine(params), "outside the CT", "an ROI outside the CT")
     check((scene.GetNumberOfNodes(), segmentation.GetNumberOfSegments(),
            params.measurementTable.GetTable().GetNumberOfRows()) == before,
           "a failed Refine changed the scene")
@@ -339,12 +345,7 @@ def cancel_and_errors(scene, volume_node, case: Case, logic: sc.Logic | None = N
     logic = logic or sc.Logic()
     params = sc.Parameters.get_or_create(scene)
     params.inputVolume = volume_node
-    try:
-        logic.refine(params)
-    except sc.NoduleSAMError as err:
-        check("no nodule boxes" in str(err), f"unclear message without boxes: {err}")
-    else:
-        raise ScenarioFailure("Refine without boxes was accepted")
+    expect_user_error(lambda: logic.refine(params), "no nodule boxes", "Refine without boxes")
     logic.add_candidates(params, case.candidates())
     before = scene.GetNumberOfNodes()
     job = logic.refine_job(params)
@@ -366,12 +367,7 @@ def cancel_and_errors(scene, volume_node, case: Case, logic: sc.Logic | None = N
     check(scene.GetNumberOfNodes() == before and params.outputSegmentation is None,
           "a cancelled Refine changed the scene")
     params.detector = "/no/such/detector/folder"
-    try:
-        logic.detect(params)
-    except sc.NoduleSAMError as err:
-        check("neither a registry name" in str(err), f"unclear message for a missing detector: {err}")
-    else:
-        raise ScenarioFailure("a missing detector was accepted")
+    expect_user_error(lambda: logic.detect(params), "neither a registry name", "a missing detector")
     check(scene.GetNumberOfNodes() == before, "a failed Detect changed the scene")
     params.detector = sc.models.DEFAULT_DETECTOR
 

@@ -89,18 +89,16 @@ FUSIONS = ("soft", "sam", "union")
 # --------------------------------------------------------------------------------------------
 # Methods
 # --------------------------------------------------------------------------------------------
-def nnunet_slice(detector, hu2d: np.ndarray, spacing_yx, with_probability: bool = False):
-    """The nnU-Net mask of one slice, predicted as a 1-slice volume (bool ``[y, x]``).
-
-    with_probability: return ``(foreground probability, mask)`` instead.
-    """
+def nnunet_slice(detector, hu2d: np.ndarray, spacing_yx) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net on one slice, predicted as a 1-slice volume: ``(foreground probability, mask)``,
+    ``[y, x]`` each (float32, bool)."""
     from NoduleSAMLib.volume import CTVolume
 
     volume = CTVolume.from_lps(hu2d[None].astype(np.float32),
                                (float(spacing_yx[1]), float(spacing_yx[0]), 999.0), (0.0, 0.0, 0.0))
     detection = detector.predict(volume)
     mask = np.asarray(detection.mask[0], bool)
-    return (detection.probability[0], mask) if with_probability else mask
+    return detection.probability[0], mask
 
 
 def sam_logits_per_component(refiner, hu2d: np.ndarray, nnunet_mask: np.ndarray,
@@ -312,7 +310,7 @@ def evaluate(voi_dir: str | Path, split: str, out: str | Path, model: str | Path
             hu = case.hu.astype(np.float32)
             gt = case.consensus > 0
             t = time.time()
-            nn_probability, nn_mask = nnunet_slice(detector, hu, case.spacing, with_probability=True)
+            nn_probability, nn_mask = nnunet_slice(detector, hu, case.spacing)
             timing["nnunet_s"] += time.time() - t
             t = time.time()
             prompts = sam_logits_per_component(hybrid_refiner, hu, nn_mask, settings,
