@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--lidc-dir", default=default_lidc_dir(),
                         help="the shared LIDC data (default: $NODULESAM_LIDC_DIR or ../shared/data/lidc)")
     parser.add_argument("--detector", default="nodule-detector")
+    parser.add_argument("--fpr", default="nodule-fpr", help="candidate classifier ('none' for none)")
+    parser.add_argument("--sensitivity", default="balanced", help="the classifier's operating point")
     parser.add_argument("--out", default=REPO / "benchmarks" / "results" / "speed.json")
     parser.add_argument("--crops", type=int, default=8, help="crops timed per encoder precision")
     parser.add_argument("--precisions", default="fp32,bf16",
@@ -72,7 +74,8 @@ def main() -> None:
     from NoduleSAMLib.boxes import candidates_from_boxes
     from NoduleSAMLib.detect import Detector
     from NoduleSAMLib.geometry import box2d_of_mask, expand_box2d
-    from NoduleSAMLib.models import build_sam, detector_folder
+    from NoduleSAMLib.fpr import FalsePositiveReducer
+    from NoduleSAMLib.models import build_sam, detector_folder, fpr_folder
     from NoduleSAMLib.pipeline import Pipeline
     from NoduleSAMLib.refine import BoxRefiner
     from NoduleSAMLib.volume import read_ct
@@ -107,9 +110,13 @@ def main() -> None:
         folder = None
     if folder is not None:
         detector = Detector(folder)
-        pipeline = Pipeline(detector, BoxRefiner(sam))
+        fpr = None if args.fpr == "none" else FalsePositiveReducer(fpr_folder(args.fpr))
+        pipeline = Pipeline(detector, BoxRefiner(sam), fpr=fpr,
+                            fpr_threshold=fpr.threshold(args.sensitivity) if fpr else 0.0)
         result = pipeline.run(volume)
         results["detector"] = str(args.detector)
+        results["fpr"] = str(args.fpr)
+        results["sensitivity"] = args.sensitivity if fpr else None
         results["detector_s_per_slice"] = result.timings_s["detect_s"] / volume.hu.shape[0]
         results["segment_timings_s"] = result.timings_s
         results["segment_total_s"] = result.timings_s["total_s"] + results["read_dicom_s"]

@@ -6,12 +6,14 @@ On every CT with a reference mask (LIDC-IDRI-0001 and -0003 with their 50 % cons
 shared data, and the demo CT with its lesion label), runs the bundled detector once and reports:
 
 - candidates: how many the detector gives (>= the minimum volume), after the lung-field gate,
-  and after the flat-detection filter, with how many of them overlap a reference nodule;
+  after the flat-detection filter and after the classifier at the default operating point
+  (``Pipeline.candidate_stages``), with how many of them overlap a reference nodule;
 - per found nodule: the 3D DSC against the reference nodules it overlaps of the detector's own
   mask, of SAM alone (``detector_weight=0``) and of the detector-SAM vote (the default).
 
-LIDC-IDRI-0001 and -0003 are in the detector's training data, so its own scores there are
-optimistic; the demo CT is not. Writes JSON and prints a Markdown table. Needs the shared data
+LIDC-IDRI-0001 and -0003 are in the detector's and the classifier's training data, so the
+scores there are in-distribution; the demo CT is held out (``nodulesam-train evaluate-detection``
+gives the held-out FROC). Writes JSON and prints a Markdown table. Needs the shared data
 and the cached demo CT (``make demo`` fetches it).
 """
 from __future__ import annotations
@@ -33,11 +35,11 @@ from nodulesam_train.metrics import overlap  # noqa: E402
 def main() -> None:
     import SimpleITK as sitk
 
-    from NoduleSAMLib import boxes
     from NoduleSAMLib.demo_data import demo_ct
     from NoduleSAMLib.detect import Detector
-    from NoduleSAMLib.lungs import lung_mask
-    from NoduleSAMLib.models import build_sam, detector_folder
+    from NoduleSAMLib.fpr import DEFAULT_SENSITIVITY, FalsePositiveReducer
+    from NoduleSAMLib.models import build_sam, detector_folder, fpr_folder
+    from NoduleSAMLib.pipeline import Pipeline
     from NoduleSAMLib.refine import BoxRefiner, RefineSettings
     from NoduleSAMLib.volume import read_ct
 
@@ -53,6 +55,8 @@ def main() -> None:
            "demo (pyradiomics lung1)": (image, label)}
     detector = Detector(detector_folder("nodule-detector"))
     detector.predictor.allow_tqdm = False
+    fpr = FalsePositiveReducer(fpr_folder("nodule-fpr"))
+    pipeline = Pipeline(detector, fpr=fpr, fpr_threshold=fpr.threshold(DEFAULT_SENSITIVITY))
     sam = build_sam("litemedsam")
     refiners = {"sam_alone": BoxRefiner(sam, RefineSettings(detector_weight=0.0)),
                 "vote": BoxRefiner(sam)}
@@ -62,21 +66,17 @@ def main() -> None:
         volume = read_ct(ct_path)
         reference = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
         detection = detector.predict(volume)
-        spacing = volume.spacing_zyx_mm
 
         def overlaps(c):
             z0, z1, y0, y1, x0, x1 = c.box_ijk
             return np.unique(reference[z0:z1, y0:y1, x0:x1][c.detector_mask])
 
-        stages = {"detected": boxes.candidates_from_mask(detection.mask, detection.probability, spacing)}
-        stages["in_lungs"] = boxes.in_lungs(stages["detected"], lung_mask(volume.hu, spacing), 0.5)
-        stages["not_flat"] = boxes.round_enough(stages["in_lungs"], spacing, boxes.MIN_DEPTH_RATIO,
-                                                volume.hu.shape[0])
+        stages = pipeline.candidate_stages(volume, detection)
         entry = {"candidates": {stage: len(found) for stage, found in stages.items()},
                  "true_candidates": {stage: sum(bool(overlaps(c).any()) for c in found)
                                      for stage, found in stages.items()},
                  "reference_nodules": int(len(np.unique(reference[reference > 0]))), "nodules": []}
-        for candidate in stages["not_flat"]:
+        for candidate in stages["kept"]:
             labels = overlaps(candidate)
             labels = labels[labels > 0]
             if not labels.size:
@@ -98,11 +98,12 @@ def main() -> None:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| CT | candidates: detected / in lungs / not flat (true) | nodule | 3D DSC detector | SAM alone | vote |")
+    print("\n| CT | candidates: detected / in lungs / not flat / kept by the classifier (true) | nodule | "
+          "3D DSC detector | SAM alone | vote |")
     print("|---|---|---|---|---|---|")
     for name, entry in results.items():
         c, t = entry["candidates"], entry["true_candidates"]
-        counts = " / ".join(f"{c[s]} ({t[s]})" for s in ("detected", "in_lungs", "not_flat"))
+        counts = " / ".join(f"{c[s]} ({t[s]})" for s in ("detected", "in_lungs", "not_flat", "kept"))
         for row in entry["nodules"] or [{"name": "none found"}]:
             print(f"| {name} | {counts} | {row['name']} | {row.get('dsc_detector', float('nan')):.3f} | "
                   f"{row.get('dsc_sam_alone', float('nan')):.3f} | {row.get('dsc_vote', float('nan')):.3f} |")

@@ -31,7 +31,11 @@ class Candidate:
     box_ijk: half-open voxel box ``(z0, z1, y0, y1, x0, x1)``; the refined mask never leaves it.
     slice_boxes: slice index z -> prompt box ``[x_min, y_min, x_max, y_max]`` in that slice's
       pixels (inclusive); empty for boxes given from outside, whose prompts come from the box.
-    score: the detector's mean foreground probability over the component (None if not detected).
+    score: the ranking score: the candidate classifier's nodule probability (``fpr.py``) when
+      it ran, else the detector's mean foreground probability (None if not detected).
+    detector_score: the detector's mean foreground probability over the component.
+    source: what proposed it: ``detector``, ``blob filter`` (``blobs.py``) or ``given box``.
+    blob_response: the blob filter's response, for its candidates.
     detector_mask: the detector's component, bool, shaped like the 3D box (None if not detected).
     detector_probability: the detector's foreground probability (float32), shaped like the 3D
       box as detected (None if not detected); ``detected_box_ijk`` is that box. Refinement votes
@@ -46,6 +50,9 @@ class Candidate:
     detector_mask: np.ndarray | None = None
     detector_probability: np.ndarray | None = None
     detected_box_ijk: tuple[int, int, int, int, int, int] | None = None
+    detector_score: float | None = None
+    source: str = "detector"
+    blob_response: float | None = None
 
     def prior(self) -> np.ndarray | None:
         """The detector's probability over the box, or None once the box differs from the
@@ -115,7 +122,7 @@ def candidates_from_mask(mask: np.ndarray, probability: np.ndarray | None,
         detector_mask = labels[z0:z1, y0:y1, x0:x1] == index
         prior = None if probability is None else np.asarray(probability[z0:z1, y0:y1, x0:x1], np.float32)
         found.append(Candidate("", box_ijk, score, slice_boxes, volume_mm3, detector_mask, prior,
-                               box_ijk if prior is not None else None))
+                               box_ijk if prior is not None else None, score))
     return number_candidates(found)
 
 
@@ -193,7 +200,7 @@ def candidates_from_boxes(boxes: list[dict], shape_zyx) -> tuple[list[Candidate]
         if clipped != ijk:
             messages.append(f"box '{name}' {list(ijk)} reached outside the volume: clipped to "
                             f"{list(clipped)}")
-        candidates.append(Candidate(name, clipped))
+        candidates.append(Candidate(name, clipped, source="given box"))
     return candidates, messages
 
 

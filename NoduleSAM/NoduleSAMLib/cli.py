@@ -25,6 +25,7 @@ def resolve_device(device: str) -> str:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     from .boxes import EXPANSION, MIN_DEPTH_RATIO, MIN_VOLUME_MM3, PAD_PX
+    from .fpr import DEFAULT_SENSITIVITY, SENSITIVITIES
     from .refine import RefineSettings
 
     defaults = RefineSettings()
@@ -34,6 +35,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-checkpoint", default=None,
                         help="checkpoint file name inside each fold folder (default: the model's)")
     parser.add_argument("--mirroring", action="store_true", help="test-time mirroring (4x slower)")
+    parser.add_argument("--fpr", default=models.DEFAULT_FPR,
+                        help="candidate classifier that scores, orders and filters the detector's "
+                             "candidates: registry name, folder, or 'none' (default: %(default)s)")
+    parser.add_argument("--sensitivity", default=DEFAULT_SENSITIVITY, choices=SENSITIVITIES,
+                        help="operating point: high (about 2 false positives per scan), balanced "
+                             "(about 1) or specific (about 1/4), read off the validation FROC "
+                             "(docs/evaluation.md; default: %(default)s)")
+    parser.add_argument("--no-blobs", action="store_true",
+                        help="do not add the blob filter's candidates to the detector's (they are "
+                             "added only with a classifier, which scores them)")
     parser.add_argument("--refiner", default=models.DEFAULT_REFINER, choices=list(models.REFINERS),
                         help="SAM-family refiner (default: %(default)s)")
     parser.add_argument("--checkpoint", default=None, help="refiner checkpoint file (SAM/MedSAM)")
@@ -68,11 +79,16 @@ def build_pipeline(args, need_detector: bool):
     from .refine import BoxRefiner, RefineSettings
 
     device = resolve_device(args.device)
-    detector = None
+    detector, fpr, threshold = None, None, 0.0
     if need_detector:
         folds = tuple(int(f) if f != "all" else f for f in str(args.folds).split(","))
         detector = Detector(models.detector_folder(args.detector), folds,
                             args.detector_checkpoint, device, args.mirroring)
+        if args.fpr != "none":
+            from .fpr import FalsePositiveReducer
+
+            fpr = FalsePositiveReducer(models.fpr_folder(args.fpr), device)
+            threshold = fpr.threshold(args.sensitivity)
     refiner = None
     if not args.no_refine:
         settings = RefineSettings(crop_margin_px=args.crop_margin,
@@ -80,7 +96,7 @@ def build_pipeline(args, need_detector: bool):
         refiner = BoxRefiner(models.build_sam(args.refiner, args.checkpoint, device), settings,
                              bf16=args.bf16)
     return Pipeline(detector, refiner, args.min_volume, args.expansion, args.pad_px,
-                    args.min_in_lungs, args.min_depth_ratio)
+                    args.min_in_lungs, args.min_depth_ratio, fpr, threshold, not args.no_blobs)
 
 
 def run_segment(args, input_path, output: Path, report_path: Path | None,
@@ -102,10 +118,14 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
         print(f"nodulesam: {message}", file=sys.stderr)
     write_seg_nrrd(result, output)
     extra = {"models": {"detector": None if boxes is not None else str(args.detector),
+                        "fpr": None if boxes is not None or args.fpr == "none" else str(args.fpr),
                         "refiner": None if args.no_refine else args.refiner,
                         "refiner_checkpoint": args.checkpoint},
              "settings": {"min_volume_mm3": args.min_volume, "min_in_lungs": args.min_in_lungs,
                           "min_depth_ratio": args.min_depth_ratio,
+                          "sensitivity": None if boxes is not None or args.fpr == "none" else args.sensitivity,
+                          "fpr_threshold": pipeline.fpr_threshold if pipeline.fpr is not None else None,
+                          "blob_candidates": pipeline.blobs and pipeline.fpr is not None,
                           "expansion": args.expansion,
                           "pad_px": args.pad_px, "crop_margin_px": args.crop_margin,
                           "detector_weight": args.detector_weight,

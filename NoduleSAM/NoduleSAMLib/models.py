@@ -20,6 +20,7 @@ from .errors import NoduleSAMError
 MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 DEFAULT_REFINER = "litemedsam"
 DEFAULT_DETECTOR = "nodule-detector"
+DEFAULT_FPR = "nodule-fpr"
 
 
 def cache_dir() -> Path:
@@ -74,6 +75,11 @@ REFINERS = {
 DETECTORS = {
     "nodule-detector": "whole-CT nodule detector (nnU-Net v2 2D, full slices; default)",
     "nodule-voi": "nnU-Net v2 2D trained on LIDC VOI central slices (research protocol)",
+}
+
+
+FPR_MODELS = {
+    "nodule-fpr": "candidate classifier: 3D CNN false-positive reduction (default)",
 }
 
 
@@ -190,6 +196,22 @@ def detector_folder(name_or_path: str | Path) -> Path:
     return folder
 
 
+def fpr_folder(name_or_path: str | Path) -> Path:
+    """A candidate classifier's folder (``model.json`` + checkpoint), from a name or a path."""
+    if str(name_or_path) in FPR_MODELS:
+        folder = Path(os.environ.get("NODULESAM_MODELS", MODELS_DIR)) / str(name_or_path)
+        if not folder.is_dir():
+            raise NoduleSAMError(f"the bundled classifier '{name_or_path}' is not installed (expected "
+                                 f"{folder}); it is trained by `nodulesam-train train-fpr`. Until then "
+                                 "pass --fpr none")
+        return folder
+    folder = Path(name_or_path)
+    if not (folder / "model.json").is_file():
+        raise NoduleSAMError(f"--fpr {name_or_path}: neither a registry name ({', '.join(FPR_MODELS)}) "
+                             "nor a folder with a model.json")
+    return folder
+
+
 def download(name: str, force: bool = False) -> Path:
     """Download a registry checkpoint into the cache, verify it, and move it into place."""
     spec = refiner_spec(name)
@@ -241,6 +263,12 @@ def model_rows() -> list[dict]:
         except NoduleSAMError:
             state = "not installed"
         rows.append({"kind": "detector", "name": name, "status": state, "description": description})
+    for name, description in FPR_MODELS.items():
+        try:
+            state = f"ready ({fpr_folder(name)})"
+        except NoduleSAMError:
+            state = "not installed"
+        rows.append({"kind": "fpr", "name": name, "status": state, "description": description})
     return rows
 
 
@@ -259,9 +287,9 @@ def verify_models() -> list[tuple[str, bool, str]]:
             results.append((spec.name, True, str(path)))
         except NoduleSAMError as err:
             results.append((spec.name, False, str(err)))
-    for name in DETECTORS:
+    for name, find in [(n, detector_folder) for n in DETECTORS] + [(n, fpr_folder) for n in FPR_MODELS]:
         try:
-            folder = detector_folder(name)
+            folder = find(name)
             pins = json.loads((folder / "model.json").read_text())["sha256"]
             for relative, sha256 in pins.items():
                 verify_file(folder / relative, sha256)

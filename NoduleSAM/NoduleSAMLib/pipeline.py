@@ -85,13 +85,21 @@ class Pipeline:
     min_depth_ratio: drop candidates much thinner in z than wide (``boxes.round_enough``; 0
       keeps all). Not applied to candidates reaching the volume's first or last slice, whose
       depth is cut off (so a one-slice volume keeps all).
+    fpr: a ``fpr.FalsePositiveReducer`` (None: candidates keep the detector's score). Its nodule
+      probability becomes each candidate's score and orders the list; candidates scoring below
+      ``fpr_threshold`` (an operating point's threshold, ``FalsePositiveReducer.threshold``) are
+      dropped.
+    blobs: with a classifier, on whole-chest volumes, add the blob filter's candidates
+      (``blobs.py``) that touch no detector component before scoring, so that nodules the
+      detector missed can still be found.
     """
 
     def __init__(self, detector=None, refiner: BoxRefiner | None = None,
                  min_volume_mm3: float = boxes_mod.MIN_VOLUME_MM3,
                  expansion: float = boxes_mod.EXPANSION, pad_px: float = boxes_mod.PAD_PX,
                  min_in_lungs: float = 0.5,
-                 min_depth_ratio: float = boxes_mod.MIN_DEPTH_RATIO):
+                 min_depth_ratio: float = boxes_mod.MIN_DEPTH_RATIO,
+                 fpr=None, fpr_threshold: float = 0.0, blobs: bool = True):
         self.detector = detector
         self.refiner = refiner
         self.min_volume_mm3 = min_volume_mm3
@@ -99,6 +107,9 @@ class Pipeline:
         self.pad_px = pad_px
         self.min_in_lungs = min_in_lungs
         self.min_depth_ratio = min_depth_ratio
+        self.fpr = fpr
+        self.fpr_threshold = fpr_threshold
+        self.blobs = blobs
 
     def detect(self, volume: CTVolume, timings: dict | None = None) -> list[Candidate]:
         """Candidates found by the detector, highest score first."""
@@ -108,16 +119,36 @@ class Pipeline:
         with timed_stage(timings, "detect_s"):
             detection = self.detector.predict(volume)
         with timed_stage(timings, "candidates_s"):
-            candidates = boxes_mod.candidates_from_mask(
-                detection.mask, detection.probability, volume.spacing_zyx_mm,
-                self.min_volume_mm3, self.expansion, self.pad_px)
-            if self.min_in_lungs > 0 and shows_whole_chest(volume.hu.shape, volume.spacing_zyx_mm):
-                lungs = lung_mask(volume.hu, volume.spacing_zyx_mm)
-                candidates = boxes_mod.in_lungs(candidates, lungs, self.min_in_lungs)
-            if self.min_depth_ratio > 0:
-                candidates = boxes_mod.round_enough(candidates, volume.spacing_zyx_mm,
-                                                    self.min_depth_ratio, volume.hu.shape[0])
-            return candidates
+            stages = self.candidate_stages(volume, detection)
+        return stages["kept"]
+
+    def candidate_stages(self, volume: CTVolume, detection) -> dict[str, list[Candidate]]:
+        """The candidates after each step, in order: ``detected`` (>= the minimum volume),
+        ``in_lungs`` and ``not_flat`` (when those filters are on), ``with_blobs`` (plus the blob
+        filter's, when on), ``scored`` (all of the previous step's, scored by the classifier,
+        when there is one) and ``kept`` (the result)."""
+        spacing = volume.spacing_zyx_mm
+        stages = {"detected": boxes_mod.candidates_from_mask(
+            detection.mask, detection.probability, spacing, self.min_volume_mm3, self.expansion,
+            self.pad_px)}
+        current = stages["detected"]
+        whole_chest = shows_whole_chest(volume.hu.shape, spacing)
+        lungs = lung_mask(volume.hu, spacing) if whole_chest and (self.min_in_lungs > 0 or self.blobs) else None
+        if self.min_in_lungs > 0 and whole_chest:
+            current = stages["in_lungs"] = boxes_mod.in_lungs(current, lungs, self.min_in_lungs)
+        if self.min_depth_ratio > 0:
+            current = stages["not_flat"] = boxes_mod.round_enough(current, spacing, self.min_depth_ratio,
+                                                                  volume.hu.shape[0])
+        if self.fpr is not None and self.blobs and whole_chest:
+            from .blobs import blob_candidates
+
+            found = blob_candidates(volume.hu, spacing, lungs, avoid=detection.mask, pad_px=self.pad_px)
+            current = stages["with_blobs"] = current + found
+        if self.fpr is not None:
+            current = stages["scored"] = score_candidates(self.fpr, volume, current)
+            current = boxes_mod.number_candidates([c for c in current if c.score >= self.fpr_threshold])
+        stages["kept"] = current
+        return stages
 
     def segment(self, volume: CTVolume, candidates: list[Candidate],
                 timings: dict | None = None, progress=None) -> list[Nodule]:
@@ -159,9 +190,20 @@ class Pipeline:
             candidates = self.detect(volume, timings)
         else:
             candidates, messages = boxes_mod.candidates_from_boxes(boxes, volume.hu.shape)
+            if not candidates:  # nothing the user asked for can be done: an error, not "0 nodules"
+                raise NoduleSAMError("no box to refine: " + ("; ".join(messages) if messages
+                                                             else "the boxes list is empty"))
         nodules = self.segment(volume, candidates, timings)
         timings["total_s"] = time.perf_counter() - start
         return Result(volume, nodules, timings, messages)
+
+
+def score_candidates(fpr, volume: CTVolume, candidates: list[Candidate]) -> list[Candidate]:
+    """Copies of ``candidates`` whose score is the classifier's, ordered and renumbered."""
+    from dataclasses import replace
+
+    scores = fpr.score(volume.hu, volume.spacing_zyx_mm, candidates)
+    return boxes_mod.number_candidates([replace(c, score=float(p)) for c, p in zip(candidates, scores)])
 
 
 def nodule_record(volume: CTVolume, nodule: Nodule) -> dict:
@@ -172,8 +214,9 @@ def nodule_record(volume: CTVolume, nodule: Nodule) -> dict:
         "label": nodule.label,
         "ijk": list(candidate.box_ijk),
         **box_world_mm(volume, candidate.box_ijk),
-        "source": "detector" if candidate.score is not None else "given box",
-        "detector_score": candidate.score,
+        "source": candidate.source if candidate.score is not None else "given box",
+        "score": candidate.score,
+        "detector_score": candidate.detector_score,
         "detector_volume_mm3": candidate.detected_volume_mm3,
         **nodule.measurements,
     }

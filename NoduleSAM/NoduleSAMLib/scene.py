@@ -30,6 +30,7 @@ import vtk
 from vtk.util import numpy_support
 
 from . import boxes as boxes_mod
+from . import fpr as fpr_mod
 from . import models
 from .boxes import Candidate
 from .errors import NoduleSAMError
@@ -43,7 +44,7 @@ from .volume import CTVolume, check_ct
 MODULE_NAME = "NoduleSAM"
 ROI_ROLE = "NoduleSAM.roi"                 # parameter node -> ROI nodes (ordered)
 ROI_SEGMENT_ATTRIBUTE = "NoduleSAM.SegmentID"
-ROI_SCORE_ATTRIBUTE = "NoduleSAM.Score"    # detector score; absent for boxes the user added
+ROI_SCORE_ATTRIBUTE = "NoduleSAM.Score"    # ranking score (classifier); absent for boxes the user added
 ROI_PROMPTS_ATTRIBUTE = "NoduleSAM.SlicePrompts"  # detector prompt boxes, JSON {z: [x0,y0,x1,y1]}
 # the detector's probability over the box as detected, JSON {"box": ijk, "shape": [z, y, x],
 # "uint8": base64 of round(255 p)}; refinement votes with it while the ROI keeps that box
@@ -84,6 +85,10 @@ PARAMETERS = (
     Parameter("measurementTable", "vtkMRMLTableNode", label="Measurements table"),
     Parameter("detector", str, models.DEFAULT_DETECTOR,
               label="Detector (registry name or nnU-Net v2 results folder)"),
+    Parameter("fpr", str, models.DEFAULT_FPR,
+              label="Candidate classifier (registry name, folder, or none)"),
+    Parameter("sensitivity", str, fpr_mod.DEFAULT_SENSITIVITY, choices=fpr_mod.SENSITIVITIES,
+              label="Sensitivity (operating point)"),
     Parameter("refiner", str, models.DEFAULT_REFINER, choices=tuple(models.REFINERS),
               label="Refiner"),
     Parameter("checkpoint", str, "", label="Refiner checkpoint (SAM / MedSAM)"),
@@ -566,6 +571,8 @@ class Logic:
         self._given_detector = detector
         self._detector = None
         self._detector_key = None
+        self._fpr = None
+        self._fpr_key = None
 
     # models (loaded on the worker thread)
     @staticmethod
@@ -598,6 +605,17 @@ class Logic:
             self._detector_key = key
         return self._detector
 
+    def fpr(self, config: dict):
+        """The candidate classifier the parameters name (None for ``none``)."""
+        if config["fpr"] in ("", "none"):
+            return None
+        key = (config["fpr"], config["device"])
+        if self._fpr is None or self._fpr_key != key:
+            self._fpr = fpr_mod.FalsePositiveReducer(models.fpr_folder(config["fpr"]),
+                                                     self._device(config["device"]))
+            self._fpr_key = key
+        return self._fpr
+
     @staticmethod
     def _config(params: Parameters) -> dict:
         return {p.name: getattr(params, p.name) for p in PARAMETERS if not _is_node(p)}
@@ -610,8 +628,10 @@ class Logic:
 
         def work(progress):
             progress(0, 1, "detecting nodules")
+            fpr = self.fpr(config)
             pipeline = Pipeline(self.detector(config), None, config["minVolume"],
-                                config["expansion"])
+                                config["expansion"], fpr=fpr,
+                                fpr_threshold=fpr.threshold(config["sensitivity"]) if fpr else 0.0)
             candidates = pipeline.detect(volume)
             progress(1, 1, f"{len(candidates)} candidates")
             return candidates

@@ -17,6 +17,8 @@ SUBCOMMAND_MODULES: list[str] = [
     "nodulesam_train.lidc",  # prepare voi / prepare dicom
     "nodulesam_train.kappa",  # stats kappa
     "nodulesam_train.evaluate",
+    "nodulesam_train.detection_eval",  # evaluate-detection
+    "nodulesam_train.train_fpr",  # train-fpr
 ]
 
 
@@ -156,7 +158,13 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from NoduleSAMLib.errors import NoduleSAMError
+
+    try:
+        return int(args.func(args) or 0)
+    except NoduleSAMError as err:
+        print(f"nodulesam-train: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -234,6 +234,11 @@ class DetectorDataConfig:
     min_voi_diameter_mm: float = 3.0
     voi_slices_per_case: int = 4
     keep_real_positive: bool = True  # keep every slice with a real (consensus) nodule
+    scans: tuple = SCAN_IDS  # whole CTs whose slices are used (scans.load_scan names)
+    # scan -> slice indices where an earlier detector had false positives: all are kept as
+    # negatives (hard-negative mining); their real lesions, if any, stay labelled
+    hard_negatives: dict = field(default_factory=dict)
+    excluded_patients: tuple = ()  # VOI patients never pasted (held-out scans' patients)
 
 
 def iter_detector_slices(lidc_dir: Path | None = None, cfg: DetectorDataConfig | None = None,
@@ -247,7 +252,7 @@ def iter_detector_slices(lidc_dir: Path | None = None, cfg: DetectorDataConfig |
 
     # VOI pool: train split, not the two full-scan patients (their nodules are already real)
     cases = [c for c in read_cases(lidc_dir) if c["split"] == cfg.voi_split
-             and c["patient_id"] not in SCAN_IDS
+             and c["patient_id"] not in set(cfg.scans) | set(cfg.excluded_patients)
              and float(c["diameter_mm"] or 0) >= cfg.min_voi_diameter_mm]
     cases.sort(key=lambda c: c["case_id"])
     n_pastes_needed = int(cfg.n_paste_slices * (1 + cfg.max_nodules_per_slice) / 2 * 1.1)
@@ -266,13 +271,21 @@ def iter_detector_slices(lidc_dir: Path | None = None, cfg: DetectorDataConfig |
             pool_order = list(rng.permutation(len(pool)))
         return pool[pool_order.pop()]
 
-    per_scan_paste = [cfg.n_paste_slices // len(SCAN_IDS)] * len(SCAN_IDS)
+    per_scan_paste = [cfg.n_paste_slices // len(cfg.scans)] * len(cfg.scans)
     per_scan_paste[0] += cfg.n_paste_slices - sum(per_scan_paste)
-    per_scan_neg = [cfg.n_negative_slices // len(SCAN_IDS)] * len(SCAN_IDS)
+    per_scan_neg = [cfg.n_negative_slices // len(cfg.scans)] * len(cfg.scans)
     per_scan_neg[0] += cfg.n_negative_slices - sum(per_scan_neg)
 
-    for si, pid in enumerate(SCAN_IDS):
-        hu, lab, (sz, sy, sx) = load_scan(lidc_dir, pid)
+    for si, pid in enumerate(cfg.scans):
+        if pid in SCAN_IDS:
+            hu, lab, (sz, sy, sx) = load_scan(lidc_dir, pid)
+        else:
+            from .scans import load_scan as load_whole_ct
+
+            whole = load_whole_ct(pid, lidc_dir)
+            hu = np.clip(np.round(whole.volume.hu), -32768, 32767).astype(np.int16)
+            lab = (whole.labels > 0).astype(np.uint8)
+            sz, sy, sx = (float(v) for v in whole.volume.spacing_zyx_mm)
         spacing = (sy, sx)
         lungs = np.stack([lung_mask_2d(s) for s in hu])
         lung_area = lungs.reshape(len(lungs), -1).sum(1)
@@ -291,6 +304,9 @@ def iter_detector_slices(lidc_dir: Path | None = None, cfg: DetectorDataConfig |
         for k in sorted(neg):
             yield Slice2D(f"{pid}_k{k:03d}_neg", hu[k].copy(), np.zeros_like(lab[k]), spacing,
                           {"scan": pid, "k": int(k), "kind": "negative"})
+        for k in sorted(set(cfg.hard_negatives.get(pid, ())) - set(int(v) for v in positive)):
+            yield Slice2D(f"{pid}_k{k:03d}_hard", hu[k].copy(), lab[k].copy(), spacing,
+                          {"scan": pid, "k": int(k), "kind": "hard negative"})
         # pasted slices: drawn with replacement among lung slices (each draw pastes other nodules)
         ks = np.sort(rng.choice(lung_slices, size=per_scan_paste[si], replace=True))
         counts: dict[int, int] = {}
@@ -320,6 +336,16 @@ def build_detector_slices(lidc_dir: Path | None = None, cfg: DetectorDataConfig 
     return list(iter_detector_slices(lidc_dir, cfg, log=log))
 
 
+def voi_central_slice(lidc_dir: Path, case_id: str) -> Slice2D:
+    """The central (largest-consensus) axial slice of one VOI case."""
+    folder = Path(lidc_dir) / "voi" / case_id
+    img, sp = read_nifti(folder / "image.nii.gz")
+    msk, _ = read_nifti(folder / "consensus50.nii.gz")
+    msk = (msk > 0).astype(np.uint8)
+    k = int(np.argmax(msk.reshape(msk.shape[0], -1).sum(1)))
+    return Slice2D(case_id, img[k].astype(np.int16), msk[k], (sp[1], sp[2]), {"case_id": case_id, "k": k})
+
+
 def voi_central_slices(lidc_dir: Path | None = None, split: str = "train", limit: int | None = None,
                        seed: int = DEFAULT_SEED) -> list[Slice2D]:
     """Central (largest-consensus) axial slice of each VOI of ``split`` (for the ``nodule-voi``
@@ -329,14 +355,4 @@ def voi_central_slices(lidc_dir: Path | None = None, split: str = "train", limit
     if limit is not None and limit < len(cases):
         rng = np.random.default_rng(seed)
         cases = [cases[i] for i in sorted(rng.choice(len(cases), size=limit, replace=False))]
-    out = []
-    for c in cases:
-        folder = lidc_dir / "voi" / c["case_id"]
-        img, sp = read_nifti(folder / "image.nii.gz")
-        msk, _ = read_nifti(folder / "consensus50.nii.gz")
-        msk = (msk > 0).astype(np.uint8)
-        areas = msk.reshape(msk.shape[0], -1).sum(1)
-        k = int(np.argmax(areas))
-        out.append(Slice2D(c["case_id"], img[k].astype(np.int16), msk[k], (sp[1], sp[2]),
-                           {"case_id": c["case_id"], "k": k}))
-    return out
+    return [voi_central_slice(lidc_dir, c["case_id"]) for c in cases]

@@ -290,10 +290,13 @@ def train(dataset_id: int, plans_id: str, num_epochs: int, iterations_per_epoch:
           val_iterations_per_epoch: int = 10, fold: int = 0, device: str = "cpu",
           resume: bool = True, save_every: int = 5, initial_lr: float | None = None,
           run_validation: bool = False, torch_threads: int | None = None,
-          oversample_foreground: float | None = None, log=print) -> Path:
+          oversample_foreground: float | None = None, init_weights: dict | None = None,
+          log=print) -> Path:
     """Train fold ``fold`` and return the trainer's results folder (the one holding
     ``plans.json``, ``dataset.json`` and ``fold_<n>/``). Resumes from ``checkpoint_latest.pth``
     when ``resume`` and one exists; returns at once when ``checkpoint_final.pth`` exists.
+    ``init_weights`` (a network state dict of the same plan) starts a new run from an earlier
+    model instead of from random weights (fine-tuning).
 
     Must be called under ``if __name__ == "__main__":`` (data augmentation spawns processes)."""
     import torch
@@ -321,9 +324,22 @@ def train(dataset_id: int, plans_id: str, num_epochs: int, iterations_per_epoch:
         trainer.load_checkpoint(str(latest))
         # the checkpoint's init args / epochs count: keep the requested schedule
         trainer.num_epochs = int(num_epochs)
+    elif init_weights is not None:
+        trainer.initialize()
+        trainer.network.load_state_dict({k: v.float() for k, v in init_weights.items()})
+        log("train: network initialised from an earlier model's weights")
     t = time.time()
     log(f"train: {num_epochs} epochs x {iterations_per_epoch} it (val {val_iterations_per_epoch} it), "
         f"device {device}, output {out_fold}")
+    if num_epochs == 0:  # the initial weights, saved as a final checkpoint (nnU-Net cannot run 0 epochs)
+        if not trainer.was_initialized:
+            trainer.num_epochs = 1  # its learning-rate schedule divides by the epoch count
+            trainer.initialize()
+        out_fold.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(str(final))
+        (out_base / "plans.json").write_text(json.dumps(trainer.plans_manager.plans, indent=2))
+        (out_base / "dataset.json").write_text(json.dumps(trainer.dataset_json, indent=2))
+        return out_base
     trainer.run_training()
     log(f"train: done in {time.time() - t:.0f} s")
     if run_validation:

@@ -65,6 +65,18 @@ def add_arguments(p: argparse.ArgumentParser, voi: bool = False) -> argparse.Arg
     p.add_argument("--oversample", type=float, default=None,
                    help="nnU-Net oversample_foreground_percent (default 0.33)")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (nnU-Net default 0.01)")
+    p.add_argument("--scans", nargs="*", default=None,
+                   help="whole CTs whose slices train the detector (default: LIDC-IDRI-0001 and -0003; "
+                        "the second model: LIDC-IDRI-0001 LIDC-IDRI-0003 NSCLC-Radiomics-LUNG1-002)")
+    p.add_argument("--paste-slices", type=int, default=None, help="slices with pasted VOI nodules (default 360)")
+    p.add_argument("--negative-slices", type=int, default=None, help="random lung slices without nodules (default 120)")
+    p.add_argument("--hard-negatives-from", default=None,
+                   help="a first detector (name or folder): every slice of --scans where it has a false "
+                        "positive becomes an extra negative slice (hard-negative mining)")
+    p.add_argument("--init-from", default=None,
+                   help="start from this detector's weights (name or folder; same plan) instead of random")
+    p.add_argument("--cache-dir", type=Path, default=Path("out/detcache"),
+                   help="detector outputs for --hard-negatives-from are cached here")
     p.add_argument("--no-package", action="store_true")
     p.add_argument("--prepare-only", action="store_true", help="stop after preprocessing and timing")
     p.add_argument("--evaluate-only", action="store_true",
@@ -93,6 +105,56 @@ def _compact_from_args(args, voi: bool):
     return c
 
 
+def hard_negative_slices(detector_name: str, scan_names, lidc_dir, cache_dir: Path, log=print) -> dict:
+    """Slice indices, per scan, of a detector's false-positive components (touching no label)."""
+    import numpy as np
+    from scipy import ndimage
+
+    from NoduleSAMLib.boxes import candidates_from_mask
+    from NoduleSAMLib.detect import Detector
+    from NoduleSAMLib.models import detector_folder
+
+    from .detection_cache import cached_detection
+    from .scans import load_scan
+
+    folder = detector_folder(detector_name)
+    detector = Detector(folder)
+    detector.predictor.allow_tqdm = False
+    out = {}
+    for name in scan_names:
+        scan = load_scan(name, lidc_dir)
+        detection = cached_detection(detector, folder, scan.volume, cache_dir)
+        near = ndimage.binary_dilation(scan.labels > 0, iterations=3)
+        slices, count = set(), 0
+        for c in candidates_from_mask(detection.mask, detection.probability, scan.volume.spacing_zyx_mm, 5.0):
+            z0, z1, y0, y1, x0, x1 = c.box_ijk
+            if near[z0:z1, y0:y1, x0:x1][c.detector_mask].any():
+                continue
+            count += 1
+            slices |= set(int(z) + z0 for z in np.flatnonzero(c.detector_mask.any(axis=(1, 2))))
+        out[name] = sorted(slices)
+        log(f"hard negatives {name}: {count} false-positive components on {len(slices)} slices")
+    return out
+
+
+def detector_config(args, log=print):
+    """The detector's training-set configuration from the command line."""
+    from .detector_data import DetectorDataConfig
+    from .scans import HELD_OUT_PATIENTS
+
+    cfg = DetectorDataConfig(seed=args.seed, excluded_patients=HELD_OUT_PATIENTS)
+    if args.scans:
+        cfg.scans = tuple(args.scans)
+    if args.paste_slices is not None:
+        cfg.n_paste_slices = args.paste_slices
+    if args.negative_slices is not None:
+        cfg.n_negative_slices = args.negative_slices
+    if args.hard_negatives_from:
+        cfg.hard_negatives = hard_negative_slices(args.hard_negatives_from, cfg.scans, args.lidc_dir,
+                                                  args.cache_dir, log)
+    return cfg
+
+
 def run(args, voi: bool = False) -> Path | None:
     from . import nnunet
     from .detector_data import DetectorDataConfig, iter_detector_slices, voi_central_slices
@@ -115,7 +177,7 @@ def run(args, voi: bool = False) -> Path | None:
         if voi:
             slices = voi_central_slices(args.lidc_dir, split="train", seed=args.seed)
         else:
-            slices = iter_detector_slices(args.lidc_dir, DetectorDataConfig(seed=args.seed), log=log)
+            slices = iter_detector_slices(args.lidc_dir, detector_config(args, log), log=log)
         nnunet.export_dataset(slices, work, ds_id, ds_name, overwrite=True, log=log)
         log(f"export done in {time.time() - t:.0f} s")
     else:
@@ -159,8 +221,18 @@ def run(args, voi: bool = False) -> Path | None:
     if args.prepare_only:
         return None
     # 5. train
+    init_weights = None
+    if args.init_from and not voi:
+        from NoduleSAMLib.detect import _load_checkpoint
+        from NoduleSAMLib.models import detector_folder
+
+        source = detector_folder(args.init_from)
+        meta = json.loads((source / "model.json").read_text())
+        init_weights = _load_checkpoint(source / "fold_0" / meta["checkpoint"])["network_weights"]
+        log(f"initial weights: {source}")
     results = nnunet.train(ds_id, plans_id, epochs, iters, val_iters, device=args.device, resume=True,
-                           initial_lr=args.lr, oversample_foreground=args.oversample, log=log)
+                           initial_lr=args.lr, oversample_foreground=args.oversample,
+                           init_weights=init_weights, log=log)
     pd = nnunet.last_pseudo_dice(results)
     log(f"final pseudo dice: {pd}")
     state["result"] = pd

@@ -94,6 +94,20 @@ def test_user_errors_exit_non_zero_with_one_line(crop_nrrd, tmp_path, capsys):
     assert main(["segment", str(ct_path), "-o", str(tmp_path / "x.nrrd"), "--boxes",
                  str(tmp_path / "bad.json")]) == 2
     assert not (tmp_path / "x.seg.nrrd").exists()
+    # every box rejected (outside the volume, inverted) or none given: nothing was done, exit 2
+    outside = {"boxes": [{"name": "Far", "ijk": [500, 510, 0, 5, 0, 5]},
+                         {"name": "Inverted", "ijk": [5, 2, 10, 20, 10, 20]}]}
+    (tmp_path / "rejected.json").write_text(json.dumps(outside))
+    capsys.readouterr()
+    assert main(["segment", str(ct_path), "-o", str(tmp_path / "r.seg.nrrd"), "--boxes",
+                 str(tmp_path / "rejected.json"), "--no-refine"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no box to refine" in err and "'Far'" in err and "'Inverted'" in err
+    (tmp_path / "empty.json").write_text('{"boxes": []}')
+    assert main(["segment", str(ct_path), "-o", str(tmp_path / "r.seg.nrrd"), "--boxes",
+                 str(tmp_path / "empty.json"), "--no-refine"]) == 2
+    assert "the boxes list is empty" in capsys.readouterr().err
+    assert not (tmp_path / "r.seg.nrrd").exists()
     # as a real process: one line on stderr, no traceback
     run = subprocess.run([sys.executable, "-m", "NoduleSAMLib.cli", "segment",
                           str(tmp_path / "nothing"), "-o", str(tmp_path / "y.seg.nrrd")],

@@ -78,9 +78,10 @@ def test_refine_candidate_in_3d(sam, nodule_crop_0001):
     assert not truth[:z0].any() and not truth[z1:].any()
 
 
-def test_detector_sam_vote_on_a_real_nodule(sam, bundled_detector, ct_0001, reference_0001):
+def test_in_distribution_detector_sam_vote_on_a_real_nodule(sam, bundled_detector, ct_0001, reference_0001):
     """The bundled detector on the whole of LIDC-IDRI-0001 (a scan it was trained on), then
-    nodule 1 refined by the detector-SAM vote (the default) and by SAM alone."""
+    nodule 1 refined by the detector-SAM vote (the default) and by SAM alone. In-distribution:
+    it checks the vote's mechanics on a real nodule, not the detector's accuracy."""
     from NoduleSAMLib.pipeline import Pipeline
     from NoduleSAMLib.refine import RefineSettings
 

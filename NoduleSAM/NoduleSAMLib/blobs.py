@@ -1,0 +1,108 @@
+"""A second candidate generator: round blobs in the lungs, found by a multi-scale Hessian filter.
+
+The 2D detector misses many small nodules on scanners it has not seen (docs/evaluation.md).
+Classical lung CAD finds candidates with a "dot" filter instead (Li, Sone and Doi, Med Phys
+2003): at a blob's centre all three eigenvalues of the Hessian of the smoothed CT are negative
+and of similar size, while along a vessel one of them is near zero. The filter's response
+``|l3|^2 / |l1|`` (``|l1| >= |l2| >= |l3|``, all negative; scale-normalised) is computed inside
+the lung fields at a few scales on an isotropic grid, and its local maxima become candidates.
+They are many (about a hundred per scan) and mostly vessel crossings, so they are only useful
+with the candidate classifier (``fpr.py``), which scores them with the detector's candidates.
+
+Each blob becomes a ``boxes.Candidate`` whose mask is the voxels above ``MASK_HU`` within the
+blob's radius (``sqrt(3) x`` the best scale, the radius of a ball that peaks at that scale) and
+connected to its centre. Blobs that touch a detector candidate are dropped, since the detector's
+own candidate, with its probability map, is the better one.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .boxes import Candidate, box2d_from_contours
+from .geometry import clip_box3d, expand_box2d
+
+STEP_MM = 1.5                  # the isotropic grid of the filter
+SCALES_MM = (1.5, 2.5, 4.0)    # Gaussian scales: blobs of about 5-14 mm across
+MIN_RESPONSE = 20.0            # on the validation scans: ~120 maxima per scan
+MASK_HU = -600.0
+MIN_CENTRE_HU = -500.0
+
+
+def dot_response(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray):
+    """The filter on the isotropic grid: (response, best scale in mm, zoom factors grid/volume)."""
+    factors = np.asarray(spacing_zyx_mm, float) / STEP_MM
+    grid = ndimage.zoom(np.clip(hu, -1000, 200).astype(np.float32), factors, order=1)
+    inside = ndimage.zoom(lungs.astype(np.uint8), factors, order=0)[: grid.shape[0], : grid.shape[1], : grid.shape[2]] > 0
+    where = np.nonzero(inside)
+    best = np.zeros(grid.shape, np.float32)
+    best_scale = np.zeros(grid.shape, np.float32)
+    for scale_mm in SCALES_MM:
+        sigma = scale_mm / STEP_MM
+        hessian = np.empty((len(where[0]), 3, 3), np.float32)
+        for a in range(3):
+            for b in range(a, 3):
+                order = [0, 0, 0]
+                order[a] += 1
+                order[b] += 1
+                hessian[:, a, b] = hessian[:, b, a] = ndimage.gaussian_filter(grid, sigma, order=order)[where]
+        eig = np.linalg.eigvalsh(hessian)  # ascending: eig[:, 0] is the most negative
+        response = np.where(eig[:, 2] < 0, eig[:, 2] ** 2 / np.maximum(np.abs(eig[:, 0]), 1e-6), 0) * sigma ** 2
+        better = response > best[where]
+        chosen = tuple(axis[better] for axis in where)
+        best[chosen] = response[better]
+        best_scale[chosen] = scale_mm
+    return best, best_scale, factors
+
+
+def blob_candidates(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray, avoid: np.ndarray | None = None,
+                    min_response: float = MIN_RESPONSE, pad_px: float = 2.0) -> list[Candidate]:
+    """Candidates at the dot filter's local maxima inside ``lungs`` (bool ``[z, y, x]``).
+
+    avoid: bool ``[z, y, x]``; a blob whose mask touches it is dropped (the detector's masks).
+    Candidates come unnamed and unsorted, with ``blob_response`` = the filter's response and
+    ``score`` None until the classifier scores them.
+    """
+    response, scale, factors = dot_response(hu, spacing_zyx_mm, lungs)
+    peaks = (response == ndimage.maximum_filter(response, 5)) & (response > min_response)
+    spacing = np.asarray(spacing_zyx_mm, float)
+    out = []
+    for point in np.argwhere(peaks):
+        centre = np.minimum(np.round(point / factors).astype(int), np.array(hu.shape) - 1)
+        if hu[tuple(centre)] < MIN_CENTRE_HU:
+            continue
+        radius_mm = np.sqrt(3) * float(scale[tuple(point)])
+        half = np.ceil(radius_mm / spacing).astype(int)
+        box = clip_box3d((centre[0] - half[0], centre[0] + half[0] + 1, centre[1] - half[1],
+                          centre[1] + half[1] + 1, centre[2] - half[2], centre[2] + half[2] + 1), hu.shape)
+        z0, z1, y0, y1, x0, x1 = box
+        zz, yy, xx = np.ogrid[z0:z1, y0:y1, x0:x1]
+        ball = (((zz - centre[0]) * spacing[0]) ** 2 + ((yy - centre[1]) * spacing[1]) ** 2
+                + ((xx - centre[2]) * spacing[2]) ** 2) <= radius_mm ** 2
+        labels, _ = ndimage.label(ball & (hu[z0:z1, y0:y1, x0:x1] > MASK_HU))
+        mask = labels == labels[tuple(centre - [z0, y0, x0])]
+        if avoid is not None and avoid[z0:z1, y0:y1, x0:x1][mask].any():
+            continue
+        out.append(_candidate(mask, (z0, y0, x0), hu.shape, spacing, float(response[tuple(point)]), pad_px))
+    return out
+
+
+def _candidate(mask, offset, shape, spacing, response, pad_px) -> Candidate:
+    """A candidate of a blob's mask (placed at ``offset``), boxed like a detected component."""
+    z_off, y_off, x_off = offset
+    slice_boxes = {}
+    for dz in np.flatnonzero(mask.any(axis=(1, 2))):
+        box = box2d_from_contours(mask[dz]) + [x_off, y_off, x_off, y_off]
+        slice_boxes[z_off + int(dz)] = expand_box2d(box, 0.0, pad_px, shape[1:])
+    stacked = np.array(list(slice_boxes.values()))
+    zs = list(slice_boxes)
+    box_ijk = clip_box3d((min(zs) - 1, max(zs) + 2, int(np.floor(stacked[:, 1].min())),
+                          int(np.ceil(stacked[:, 3].max())) + 1, int(np.floor(stacked[:, 0].min())),
+                          int(np.ceil(stacked[:, 2].max())) + 1), shape)
+    z0, z1, y0, y1, x0, x1 = box_ijk
+    full = np.zeros((z1 - z0, y1 - y0, x1 - x0), bool)
+    points = np.argwhere(mask) + np.asarray(offset) - [z0, y0, x0]  # inside: the box holds every slice box
+    full[tuple(points.T)] = True
+    volume_mm3 = float(mask.sum() * np.prod(spacing))
+    return Candidate("", box_ijk, None, slice_boxes, volume_mm3, full, source="blob filter",
+                     blob_response=response)

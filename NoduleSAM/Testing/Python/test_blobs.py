@@ -1,0 +1,41 @@
+"""The blob filter: a round nodule is a candidate, a vessel (a tube) and anything outside the
+lungs or on a detector component is not."""
+from __future__ import annotations
+
+import numpy as np
+
+from NoduleSAMLib.blobs import blob_candidates
+
+SPACING = (2.5, 0.7, 0.7)
+
+
+def phantom():
+    """Lung-like air with a 10 mm solid ball and a 5 mm wide vessel along z."""
+    z, y, x = np.mgrid[:40, :200, :200]
+    hu = np.full(z.shape, -850.0, np.float32)
+    ball = ((z - 20) * 2.5) ** 2 + ((y - 100) * 0.7) ** 2 + ((x - 60) * 0.7) ** 2 <= 5.0 ** 2
+    tube = ((y - 100) * 0.7) ** 2 + ((x - 150) * 0.7) ** 2 <= 2.5 ** 2
+    hu[ball | tube] = 30.0
+    return hu, ball
+
+
+def test_a_ball_is_a_candidate_and_a_vessel_is_not():
+    hu, ball = phantom()
+    found = blob_candidates(hu, SPACING, np.ones(hu.shape, bool))
+    assert len(found) == 1
+    candidate = found[0]
+    assert candidate.source == "blob filter" and candidate.score is None and candidate.blob_response > 0
+    assert candidate.prior() is None  # no detector probability: SAM alone refines it
+    z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+    mask = np.zeros(hu.shape, bool)
+    mask[z0:z1, y0:y1, x0:x1] = candidate.detector_mask
+    assert 2 * (mask & ball).sum() / (mask.sum() + ball.sum()) > 0.8
+    assert candidate.prompt_boxes() and all(z0 <= z < z1 for z in candidate.prompt_boxes())
+
+
+def test_blobs_outside_the_lungs_or_on_a_detection_are_dropped():
+    hu, ball = phantom()
+    lungs = np.ones(hu.shape, bool)
+    lungs[:, :, :100] = False  # the ball's side is "outside the lungs"
+    assert blob_candidates(hu, SPACING, lungs) == []
+    assert blob_candidates(hu, SPACING, np.ones(hu.shape, bool), avoid=ball) == []

@@ -1,0 +1,78 @@
+"""False-positive reduction: the bundled candidate classifier, its cubes and its place in the pipeline."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from NoduleSAMLib import fpr as fpr_mod
+from NoduleSAMLib.errors import NoduleSAMError
+from NoduleSAMLib.models import fpr_folder
+from NoduleSAMLib.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def reducer():
+    return fpr_mod.FalsePositiveReducer(fpr_folder("nodule-fpr"))
+
+
+def test_bundled_classifier_loads_verified_with_calibrated_operating_points(reducer, tmp_path):
+    card = json.loads((reducer.folder / "model.json").read_text())
+    checkpoint = reducer.folder / card["checkpoint"]
+    assert checkpoint.stat().st_size < 10e6
+    points = card["operating_points"]
+    assert all(points[name]["calibrated"] for name in fpr_mod.SENSITIVITIES)
+    assert reducer.threshold("high") <= reducer.threshold("balanced") <= reducer.threshold("specific")
+    # a tampered copy is refused, and so is a card without operating points
+    copy = shutil.copytree(reducer.folder, tmp_path / "tampered")
+    raw = bytearray((copy / card["checkpoint"]).read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (copy / card["checkpoint"]).write_bytes(bytes(raw))
+    with pytest.raises(NoduleSAMError, match="SHA-256"):
+        fpr_mod.FalsePositiveReducer(copy)
+    broken = shutil.copytree(reducer.folder, tmp_path / "broken")
+    (broken / "model.json").write_text(json.dumps({k: v for k, v in card.items() if k != "operating_points"}))
+    with pytest.raises(NoduleSAMError, match="broken model card"):
+        fpr_mod.FalsePositiveReducer(broken)
+    with pytest.raises(NoduleSAMError, match="nor a folder"):
+        fpr_folder(tmp_path / "nothing")
+
+
+def test_cube_is_isotropic_in_mm_and_air_outside_the_volume():
+    # a 10 mm ball on 2.5 mm slices with 0.7 mm pixels looks round in the cube
+    spacing = (2.5, 0.7, 0.7)
+    z, y, x = np.mgrid[:24, :100, :100]
+    ball = ((z - 12) * 2.5) ** 2 + ((y - 50) * 0.7) ** 2 + ((x - 50) * 0.7) ** 2 <= 5.0 ** 2
+    hu = np.where(ball, 40.0, -900.0).astype(np.float32)
+    geometry = fpr_mod.PatchGeometry((12.0, 50.0, 50.0), 10.0)
+    assert geometry.fov_mm == fpr_mod.MIN_FOV_MM
+    cube = fpr_mod.extract_patch(hu, spacing, geometry)
+    assert cube.shape == (fpr_mod.PATCH,) * 3
+    inside = cube > 0
+    extents = [np.ptp(np.nonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))[0]) for axis in range(3)]
+    assert max(extents) - min(extents) <= 2, extents  # same size along z, y and x
+    # half the cube lies beyond the first slice: that half reads as air (the lowest value)
+    edge = fpr_mod.extract_patch(hu, spacing, fpr_mod.PatchGeometry((0.0, 50.0, 50.0), 10.0))
+    assert np.allclose(edge[:10], fpr_mod.normalise_hu(np.float32(-1024)))
+
+
+def test_classifier_orders_and_filters_real_candidates(bundled_detector, ct_0001, reducer):
+    """Plumbing on LIDC-IDRI-0001, a training scan of both models (in-distribution: no accuracy
+    is read from it; the held-out FROC is in BENCHMARKS.md)."""
+    detection = bundled_detector.predict(ct_0001)
+    stages = Pipeline(bundled_detector, fpr=reducer).candidate_stages(ct_0001, detection)
+    before, scored = stages["not_flat"], stages["scored"]
+    assert {c.box_ijk for c in scored} == {c.box_ijk for c in before}
+    assert [c.score for c in scored] == sorted((c.score for c in scored), reverse=True)
+    assert [c.name for c in scored] == [f"Nodule {n}" for n in range(1, len(scored) + 1)]
+    by_box = {c.box_ijk: c for c in before}
+    assert all(c.detector_score == by_box[c.box_ijk].detector_score for c in scored)
+    kept = {}
+    for sensitivity in fpr_mod.SENSITIVITIES:
+        threshold = reducer.threshold(sensitivity)
+        pipeline = Pipeline(bundled_detector, fpr=reducer, fpr_threshold=threshold)
+        kept[sensitivity] = {c.box_ijk for c in pipeline.detect(ct_0001)}
+        assert kept[sensitivity] == {c.box_ijk for c in scored if c.score >= threshold}
+    assert kept["high"] >= kept["balanced"] >= kept["specific"]

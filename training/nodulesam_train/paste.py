@@ -1,0 +1,111 @@
+"""Real LIDC nodules pasted in 3D into the lungs of a whole CT.
+
+Used twice: to give the detector's evaluation more nodules than the held-out scans hold (VOIs of
+the ``val`` or ``test`` split into held-out scans), and to give the candidate classifier positive
+examples with real surroundings (``train`` VOIs into training scans).
+
+A VOI's HU crop and 50 % consensus mask are resampled to the target CT's voxel size (linear for
+HU, the mask linearly then thresholded at 0.5), placed at a random point such that the feathered
+footprint lies wholly inside the lung fields and away from other lesions, and blended:
+``out = alpha * voi + (1 - alpha) * ct``, with ``alpha`` = 1 on the mask and falling off over
+about 2 mm around it. The pasted mask is written into the label map with its own value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass
+class VoiNodule:
+    case_id: str
+    hu: np.ndarray       # float32 [z, y, x]
+    mask: np.ndarray     # bool, same grid
+    spacing_zyx_mm: tuple
+    diameter_mm: float
+    texture: float | None
+
+
+def read_voi(lidc_dir: Path, case: dict) -> VoiNodule:
+    import SimpleITK as sitk
+
+    folder = Path(lidc_dir) / "voi" / case["case_id"]
+    image = sitk.ReadImage(str(folder / "image.nii.gz"))
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "consensus50.nii.gz"))) > 0
+    sx, sy, sz = image.GetSpacing()
+    texture = float(case["texture_median"]) if case.get("texture_median") else None
+    return VoiNodule(case["case_id"], sitk.GetArrayFromImage(image).astype(np.float32), mask,
+                     (sz, sy, sx), float(case.get("diameter_mm") or 0.0), texture)
+
+
+def resampled(nodule: VoiNodule, spacing_zyx_mm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nodule on the target voxel size: HU, mask and blending alpha (all cropped to the
+    alpha's support)."""
+    factors = np.asarray(nodule.spacing_zyx_mm, float) / np.asarray(spacing_zyx_mm, float)
+    hu = ndimage.zoom(nodule.hu, factors, order=1)
+    mask = ndimage.zoom(nodule.mask.astype(np.float32), factors, order=1) > 0.5
+    if not mask.any():  # a nodule thinner than one target slice keeps its largest section
+        mask = np.zeros(hu.shape, bool)
+        mask[min(hu.shape[0] - 1, hu.shape[0] // 2)] = ndimage.zoom(
+            nodule.mask.max(axis=0).astype(np.float32), factors[1:], order=1)[: hu.shape[1], : hu.shape[2]] > 0.5
+    feather_vox = np.maximum(1.0 / np.asarray(spacing_zyx_mm, float), 0.3)  # about 1 mm
+    support = ndimage.binary_dilation(mask, iterations=1)
+    alpha = np.clip(ndimage.gaussian_filter(support.astype(np.float32), feather_vox), 0, 1)
+    alpha[mask] = 1.0
+    foot = alpha > 0.02
+    if not foot.any():
+        return hu[:0], mask[:0], alpha[:0]
+    region = ndimage.find_objects(foot.astype(np.uint8))[0]
+    return hu[region], mask[region], alpha[region]
+
+
+def paste(hu: np.ndarray, labels: np.ndarray, allowed: np.ndarray, value: int, nodule: VoiNodule,
+          spacing_zyx_mm, rng: np.random.Generator, places: np.ndarray | None = None,
+          tries: int = 200) -> tuple[float, float, float] | None:
+    """Paste ``nodule`` into ``hu``/``labels`` (in place) at a random point of ``allowed``.
+
+    allowed: bool ``[z, y, x]``, where the footprint may lie; updated so later pastes keep away.
+    places: candidate centres (``np.argwhere(allowed)``, possibly thinned) to draw from.
+    Returns the pasted mask's centroid (voxel ``z, y, x``) or None if no place fitted.
+    """
+    src, mask, alpha = resampled(nodule, spacing_zyx_mm)
+    if not mask.any():
+        return None
+    foot = alpha > 0.02
+    shape = np.array(src.shape)
+    places = np.argwhere(allowed) if places is None else places
+    if not len(places):
+        return None
+    for _ in range(tries):
+        centre = places[rng.integers(len(places))]
+        start = centre - shape // 2
+        stop = start + shape
+        if (start < 0).any() or (stop > np.array(hu.shape)).any():
+            continue
+        region = tuple(slice(a, b) for a, b in zip(start, stop))
+        if not allowed[region][foot].all():
+            continue
+        target = hu[region].astype(np.float32)
+        hu[region] = np.round(alpha * src + (1 - alpha) * target).astype(hu.dtype)
+        labels[region][mask] = value
+        keep_out = ndimage.binary_dilation(foot, iterations=3)
+        allowed[region][keep_out] = False
+        return tuple(float(v) for v in np.argwhere(mask).mean(axis=0) + start)
+    return None
+
+
+def paste_allowed(hu: np.ndarray, labels: np.ndarray, spacing_zyx_mm, margin_mm: float = 4.0) -> np.ndarray:
+    """Where pasted nodules may lie: the lung fields (vessels included, so a pasted nodule may
+    touch one) shrunk by ``margin_mm``, and at least 10 mm from any labelled voxel (the scan's
+    own lesions, ignored ones included)."""
+    from NoduleSAMLib.lungs import lung_mask
+
+    lungs = lung_mask(hu, spacing_zyx_mm)
+    spacing = np.asarray(spacing_zyx_mm, float)
+    inside = ndimage.distance_transform_edt(lungs, sampling=spacing) > margin_mm
+    if labels.any():
+        inside &= ndimage.distance_transform_edt(labels == 0, sampling=spacing) > 10.0
+    return inside

@@ -1,0 +1,114 @@
+"""Per-nodule detection evaluation on a real held-out scan with the real bundled models.
+
+NSCLC-Radiomics LUNG1-003 is held out from every model's training. Its tumour GTV-1 is the
+reference lesion; the lymph nodes GTV-2 and GTV-3 lie outside the lungs and are ignored. These
+tests check the matching and the command's outputs, not accuracy: the numbers are benchmarks
+(BENCHMARKS.md). About 60 s on 2 cores.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lidc_data import LIDC_DIR, needs_chest, needs_voi
+
+pytestmark = [needs_chest, needs_voi]
+
+
+@pytest.fixture(scope="module")
+def lung1_003():
+    from nodulesam_train import scans
+
+    return scans.load_scan("NSCLC-Radiomics-LUNG1-003", LIDC_DIR)
+
+
+@pytest.fixture(scope="module")
+def models():
+    from NoduleSAMLib.detect import Detector
+    from NoduleSAMLib.fpr import FalsePositiveReducer
+    from NoduleSAMLib.models import detector_folder, fpr_folder
+
+    detector = Detector(detector_folder("nodule-detector"))
+    detector.predictor.allow_tqdm = False
+    return detector, FalsePositiveReducer(fpr_folder("nodule-fpr"))
+
+
+def test_references_of_a_held_out_scan(lung1_003):
+    from nodulesam_train import scans
+
+    assert "NSCLC-Radiomics-LUNG1-003" in scans.HELD_OUT_SCANS
+    assert [lesion.value for lesion in lung1_003.lesions] == [1]
+    assert lung1_003.ignored == [2, 3]
+    assert lung1_003.lesions[0].diameter_mm > 50
+
+
+def test_matching_with_the_real_detector_and_classifier(lung1_003, models):
+    from NoduleSAMLib.pipeline import Pipeline
+    from nodulesam_train import froc
+
+    detector, fpr = models
+    stages = Pipeline(detector, None, fpr=fpr).candidate_stages(lung1_003.volume, detector.predict(lung1_003.volume))
+    candidates = stages["scored"]
+    assert candidates, "the detector proposed nothing on a chest CT"
+    scores = [c.score for c in candidates]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    outcome = froc.match(candidates, scores, lung1_003.labels, [1], [2, 3])
+    # check every candidate's fate against the label map directly
+    for index, candidate in enumerate(candidates):
+        z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+        under = set(np.unique(lung1_003.labels[z0:z1, y0:y1, x0:x1][candidate.detector_mask]).tolist())
+        assert (index in outcome.fp_index) == (not under - {0})
+    on_tumour = [c.score for c in candidates if _touches(c, lung1_003.labels, 1)]
+    if on_tumour:
+        assert outcome.lesion_scores == {1: max(on_tumour)}
+    else:
+        assert outcome.lesion_scores == {}
+
+
+def _touches(candidate, labels, value) -> bool:
+    z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+    return bool((labels[z0:z1, y0:y1, x0:x1][candidate.detector_mask] == value).any())
+
+
+def test_pasted_copies_keep_the_original_and_label_each_nodule(lung1_003):
+    from nodulesam_train.detection_eval import evaluation_scans
+
+    scans = evaluation_scans("val", ["NSCLC-Radiomics-LUNG1-003"], LIDC_DIR, per_copy=3, seed=1,
+                             log=lambda *a: None, limit=5)
+    (original, counts), *copies = scans
+    assert counts and not any(c for _, c in copies) and len(copies) == 2
+    assert np.array_equal(original.volume.hu, lung1_003.volume.hu)
+    pasted = [lesion for scan, _ in copies for lesion in scan.lesions]
+    assert len(pasted) >= 4 and all(lesion.kind == "pasted" and lesion.value >= 1000 for lesion in pasted)
+    for scan, _ in copies:
+        assert set(scan.ignored) == {1, 2, 3}  # the scan's own lesions count once, on the original
+        changed = scan.volume.hu != lung1_003.volume.hu
+        pasted_voxels = scan.labels >= 1000
+        assert pasted_voxels.any() and changed.any()
+        assert changed[pasted_voxels].mean() > 0.5  # the HU changed where the nodules went ...
+        assert not (scan.labels[~pasted_voxels] != lung1_003.labels[~pasted_voxels]).any()  # ... labels only there
+
+
+def test_evaluate_detection_command_writes_its_outputs(tmp_path):
+    from nodulesam_train.cli import main
+
+    out = tmp_path / "det"
+    code = main(["evaluate-detection", "--split", "val", "--scans", "NSCLC-Radiomics-LUNG1-003",
+                 "--limit", "4", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    main_row = summary["rows"][summary["main_row"]]
+    assert main_row["scans"] == 1 and main_row["real"]["lesions"] == 1
+    assert main_row["pasted"]["lesions"] >= 3
+    assert len(main_row["all"]["sensitivity"]) == 7
+    assert main_row["all"]["cpm"] == pytest.approx(np.mean(main_row["all"]["sensitivity"]))
+    for name in ("froc.png", "summary.md", "false_positives.csv"):
+        assert (out / name).stat().st_size > 0
+    assert len(summary["false_positives"]) == main_row["false_positives_total"]
+    for fp in summary["false_positives"]:
+        assert (out / fp["thumbnail"]).is_file()
+    assert set(summary["operating_points"]) == {"high", "balanced", "specific"}
+    # a training scan is refused: no accuracy on data a model trained on
+    assert main(["evaluate-detection", "--scans", "LIDC-IDRI-0001", "--out", str(tmp_path / "x")]) == 2
