@@ -63,7 +63,7 @@ def main() -> None:
                         help="the shared LIDC data (default: $NODULESAM_LIDC_DIR or ../shared/data/lidc)")
     parser.add_argument("--detector", default="nodule-detector")
     parser.add_argument("--fpr", default="nodule-fpr", help="candidate classifier ('none' for none)")
-    parser.add_argument("--sensitivity", default="balanced", help="the classifier's operating point")
+    parser.add_argument("--sensitivity", default="high", help="the classifier's operating point")
     parser.add_argument("--out", default=REPO / "benchmarks" / "results" / "speed.json")
     parser.add_argument("--crops", type=int, default=8, help="crops timed per encoder precision")
     parser.add_argument("--precisions", default="fp32,bf16",

@@ -28,7 +28,9 @@ MIN_FOV_MM = 32.0
 MAX_FOV_MM = 128.0
 HU_RANGE = (-1000.0, 500.0)
 SENSITIVITIES = ("high", "balanced", "specific")
-DEFAULT_SENSITIVITY = "balanced"
+# A missed nodule costs a radiologist more than a second box to dismiss: the default keeps the
+# most candidates of the three (BENCHMARKS.md says when and how this default was chosen).
+DEFAULT_SENSITIVITY = "high"
 
 
 def build_network():

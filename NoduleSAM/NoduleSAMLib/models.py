@@ -257,18 +257,13 @@ def model_rows() -> list[dict]:
             state = "downloadable" if spec.url else "needs --checkpoint"
         rows.append({"kind": "refiner", "name": spec.name, "status": state,
                      "description": spec.description})
-    for name, description in DETECTORS.items():
-        try:
-            state = f"ready ({detector_folder(name)})"
-        except NoduleSAMError:
-            state = "not installed"
-        rows.append({"kind": "detector", "name": name, "status": state, "description": description})
-    for name, description in FPR_MODELS.items():
-        try:
-            state = f"ready ({fpr_folder(name)})"
-        except NoduleSAMError:
-            state = "not installed"
-        rows.append({"kind": "fpr", "name": name, "status": state, "description": description})
+    for kind, registry, find in (("detector", DETECTORS, detector_folder), ("fpr", FPR_MODELS, fpr_folder)):
+        for name, description in registry.items():
+            try:
+                state = f"ready ({find(name)})"
+            except NoduleSAMError:
+                state = "not installed"
+            rows.append({"kind": kind, "name": name, "status": state, "description": description})
     return rows
 
 

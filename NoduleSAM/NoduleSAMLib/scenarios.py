@@ -372,11 +372,15 @@ def cancel_and_errors(scene, volume_node, case: Case, logic: sc.Logic | None = N
     params.detector = sc.models.DEFAULT_DETECTOR
 
 
-def detect(scene, volume_node, logic: sc.Logic | None = None):
-    """Detect on the CT: one ROI per candidate; a second Detect adds no duplicates."""
+def detect(scene, volume_node, logic: sc.Logic | None = None, fpr: str | None = None):
+    """Detect on the CT: one ROI per candidate; a second Detect adds no duplicates.
+
+    fpr: the candidate classifier parameter to use (None: the module's default)."""
     logic = logic or sc.Logic()
     params = sc.Parameters.get_or_create(scene)
     params.inputVolume = volume_node
+    if fpr is not None:
+        params.fpr = fpr
     rois = logic.detect(params)
     names = [r.GetName() for r in rois]
     check(names == [f"Nodule {n}" for n in range(1, len(rois) + 1)], f"ROI names {names}")

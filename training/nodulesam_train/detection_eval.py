@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,6 @@ def evaluation_scans(split: str, names, lidc_dir: Path, per_copy: int, seed: int
                 if paste(canvas, labels, allowed, value, nodule, spacing, rng, places) is not None:
                     pasted.lesions.append(scans_mod.Lesion(value, nodule.diameter_mm, nodule.texture,
                                                            "pasted", case["case_id"]))
-            from dataclasses import replace
-
             pasted.volume = replace(scan.volume, hu=canvas)
             log(f"{pasted.name}: {len(pasted.lesions)} of {len(share[start:start + per_copy])} nodules pasted")
             out.append((pasted, False))
@@ -159,7 +158,6 @@ def false_positive_rows(records: list[dict]) -> list[dict]:
         if not record["counts_fp"]:
             continue
         scan = record["scan"]
-        spacing = scan.volume.spacing_zyx_mm
         for index in record["outcome"].fp_index:
             candidate = record["candidates"][index]
             z0, _, y0, _, x0, _ = candidate.box_ijk

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict
@@ -30,7 +29,9 @@ VOI_DATASET_ID = 502
 VOI_DATASET_NAME = "NoduleVOI"
 
 
-class _Log:
+class RunLog:
+    """Timestamped progress lines, printed and appended to a log file."""
+
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,10 +158,10 @@ def detector_config(args, log=print):
 
 def run(args, voi: bool = False) -> Path | None:
     from . import nnunet
-    from .detector_data import DetectorDataConfig, iter_detector_slices, voi_central_slices
+    from .detector_data import iter_detector_slices, voi_central_slices
 
     work = args.work_dir.resolve()
-    log = _Log(work / ("train_voi.log" if voi else "train_detector.log"))
+    log = RunLog(work / ("train_voi.log" if voi else "train_detector.log"))
     nnunet.set_nnunet_env(work)
     ds_id, ds_name = (VOI_DATASET_ID, VOI_DATASET_NAME) if voi else (DATASET_ID, DATASET_NAME)
     log(f"=== {'nodule-voi' if voi else 'nodule-detector'}: work dir {work}")

@@ -30,18 +30,7 @@ import numpy as np
 
 from . import scans as scans_mod
 from .detector_data import default_lidc_dir, read_cases
-
-
-class _Log:
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, *parts):
-        line = f"[{time.strftime('%H:%M:%S')}] " + " ".join(str(p) for p in parts)
-        print(line, flush=True)
-        with open(self.path, "a") as handle:
-            handle.write(line + "\n")
+from .train_detector import RunLog
 
 
 def _jittered(geometry, spacing, rng, amount: float = 0.15, scale: float = 0.2):
@@ -320,7 +309,7 @@ def main(args) -> int:
     from NoduleSAMLib.models import detector_folder
 
     lidc_dir = Path(args.lidc_dir or default_lidc_dir())
-    log = _Log(args.out / "train_fpr.log")
+    log = RunLog(args.out / "train_fpr.log")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from .detection_cache import detector_key
 

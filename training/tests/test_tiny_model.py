@@ -1,6 +1,6 @@
 """The suite's tiny nnU-Net: deterministic, checked before it is cached, keyed on what made it.
 
-These train real (short) nnU-Net runs on 16 LIDC VOI slices: about 3 minutes on 2 cores.
+These train real (short) nnU-Net runs on 16 LIDC VOI slices: about 4 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def test_two_trainings_in_fresh_folders_give_identical_weights(tmp_path):
     stamp = (first / "fold_0" / "checkpoint_final.pth").stat().st_mtime_ns
     assert cached_model(tmp_path / "a", LIDC_DIR, quick_settings(), log=lambda *a: None) == first
     assert (first / "fold_0" / "checkpoint_final.pth").stat().st_mtime_ns == stamp
+    # a cache written by other settings is not reused: they train a model of their own
+    other = cached_model(tmp_path / "a", LIDC_DIR, quick_settings(iterations=5), log=lambda *a: None)
+    assert other.parent != first.parent and (other / "model.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([first.parent.name, other.parent.name])
 
 
 def test_the_cache_key_names_settings_data_and_code():

@@ -41,20 +41,22 @@ def test_bundled_classifier_loads_verified_with_calibrated_operating_points(redu
 
 
 def test_cube_is_isotropic_in_mm_and_air_outside_the_volume():
-    # a 10 mm ball on 2.5 mm slices with 0.7 mm pixels looks round in the cube
+    # a 20 mm ball on 2.5 mm slices with 0.7 mm pixels looks round in the cube (up to the
+    # blur of interpolating between thick slices)
     spacing = (2.5, 0.7, 0.7)
     z, y, x = np.mgrid[:24, :100, :100]
-    ball = ((z - 12) * 2.5) ** 2 + ((y - 50) * 0.7) ** 2 + ((x - 50) * 0.7) ** 2 <= 5.0 ** 2
+    ball = ((z - 12) * 2.5) ** 2 + ((y - 50) * 0.7) ** 2 + ((x - 50) * 0.7) ** 2 <= 10.0 ** 2
     hu = np.where(ball, 40.0, -900.0).astype(np.float32)
-    geometry = fpr_mod.PatchGeometry((12.0, 50.0, 50.0), 10.0)
-    assert geometry.fov_mm == fpr_mod.MIN_FOV_MM
+    geometry = fpr_mod.PatchGeometry((12.0, 50.0, 50.0), 20.0)
+    assert geometry.fov_mm == 40.0
     cube = fpr_mod.extract_patch(hu, spacing, geometry)
     assert cube.shape == (fpr_mod.PATCH,) * 3
     inside = cube > 0
-    extents = [np.ptp(np.nonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))[0]) for axis in range(3)]
-    assert max(extents) - min(extents) <= 2, extents  # same size along z, y and x
+    extents = [np.ptp(np.nonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))[0]) + 1 for axis in range(3)]
+    assert max(extents) - min(extents) <= 2, extents  # same size along z, y and x ...
+    assert 14 <= min(extents) <= 17, extents  # ... 20 mm at 40 mm / 32 voxels
     # half the cube lies beyond the first slice: that half reads as air (the lowest value)
-    edge = fpr_mod.extract_patch(hu, spacing, fpr_mod.PatchGeometry((0.0, 50.0, 50.0), 10.0))
+    edge = fpr_mod.extract_patch(hu, spacing, fpr_mod.PatchGeometry((0.0, 50.0, 50.0), 16.0))
     assert np.allclose(edge[:10], fpr_mod.normalise_hu(np.float32(-1024)))
 
 
@@ -63,12 +65,20 @@ def test_classifier_orders_and_filters_real_candidates(bundled_detector, ct_0001
     is read from it; the held-out FROC is in BENCHMARKS.md)."""
     detection = bundled_detector.predict(ct_0001)
     stages = Pipeline(bundled_detector, fpr=reducer).candidate_stages(ct_0001, detection)
-    before, scored = stages["not_flat"], stages["scored"]
+    before, scored = stages["with_blobs"], stages["scored"]
     assert {c.box_ijk for c in scored} == {c.box_ijk for c in before}
+    assert {c.box_ijk for c in stages["not_flat"]} <= {c.box_ijk for c in scored}
+    assert {c.source for c in scored} == {"detector", "blob filter"}
     assert [c.score for c in scored] == sorted((c.score for c in scored), reverse=True)
     assert [c.name for c in scored] == [f"Nodule {n}" for n in range(1, len(scored) + 1)]
     by_box = {c.box_ijk: c for c in before}
     assert all(c.detector_score == by_box[c.box_ijk].detector_score for c in scored)
+    # blob candidates never overlap the detector's mask
+    detector_voxels = detection.mask
+    for c in scored:
+        if c.source == "blob filter":
+            z0, z1, y0, y1, x0, x1 = c.box_ijk
+            assert not detector_voxels[z0:z1, y0:y1, x0:x1][c.detector_mask].any()
     kept = {}
     for sensitivity in fpr_mod.SENSITIVITIES:
         threshold = reducer.threshold(sensitivity)

@@ -105,9 +105,10 @@ class ReferenceDetector:
 
 
 def test_detect_with_a_stand_in_detector(headless, case):
-    """Detect -> ROIs named Nodule 1..n with score and prompts; Detect again adds none."""
+    """Detect -> ROIs named Nodule 1..n with score and prompts; Detect again adds none. Without
+    the classifier (``fpr`` = none), so the score is the stand-in's."""
     volume_node = sc.add_volume_node(headless.scene, case.volume)
-    roi, = scenarios.detect(headless.scene, volume_node, sc.Logic(ReferenceDetector(case.reference)))
+    roi, = scenarios.detect(headless.scene, volume_node, sc.Logic(ReferenceDetector(case.reference)), fpr="none")
     assert roi.GetAttribute(sc.ROI_SCORE_ATTRIBUTE) == "1.0000"
     assert sc.box_from_roi(roi, volume_node) == case.candidates()[0].box_ijk
     candidate, _ = sc.candidate_from_roi(roi, volume_node, case.volume.hu.shape)
@@ -121,6 +122,26 @@ def test_detect_with_a_stand_in_detector(headless, case):
     assert edited.box_ijk != candidate.box_ijk and edited.prior() is None
     roi.SetAttribute(sc.ROI_PRIOR_ATTRIBUTE, "{not json")
     assert sc.candidate_from_roi(roi, volume_node, case.volume.hu.shape)[0].detector_probability is None
+
+
+def test_detect_scores_with_the_classifier_at_the_chosen_sensitivity(headless, case):
+    """With the bundled classifier, an ROI carries the classifier's score, and Detect keeps a
+    candidate exactly when that score reaches the threshold of the chosen sensitivity."""
+    from NoduleSAMLib.fpr import SENSITIVITIES, FalsePositiveReducer
+
+    reducer = FalsePositiveReducer(models.fpr_folder(models.DEFAULT_FPR))
+    expected = float(reducer.score(case.volume.hu, case.volume.spacing_zyx_mm, case.candidates())[0])
+    params = sc.Parameters.get_or_create(headless.scene)
+    assert params.fpr == models.DEFAULT_FPR and params.sensitivity in SENSITIVITIES
+    for sensitivity in SENSITIVITIES:
+        scene = HeadlessScene().scene
+        volume_node = sc.add_volume_node(scene, case.volume)
+        params = sc.Parameters.get_or_create(scene)
+        params.inputVolume, params.sensitivity = volume_node, sensitivity
+        rois = sc.Logic(ReferenceDetector(case.reference)).detect(params)
+        assert len(rois) == (expected >= reducer.threshold(sensitivity)), sensitivity
+        for roi in rois:
+            assert float(roi.GetAttribute(sc.ROI_SCORE_ATTRIBUTE)) == pytest.approx(expected, abs=1e-4)
 
 
 def test_detect(headless, case):
