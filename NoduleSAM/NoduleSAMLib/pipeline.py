@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import boxes as boxes_mod
+from .blobs import blob_candidates
 from .boxes import Candidate
 from .errors import NoduleSAMError
 from .geometry import apply_matrix, box3d_corners_ijk
@@ -133,15 +134,14 @@ class Pipeline:
             self.pad_px)}
         current = stages["detected"]
         whole_chest = shows_whole_chest(volume.hu.shape, spacing)
-        lungs = lung_mask(volume.hu, spacing) if whole_chest and (self.min_in_lungs > 0 or self.blobs) else None
+        with_blobs = self.fpr is not None and self.blobs and whole_chest
+        lungs = lung_mask(volume.hu, spacing) if whole_chest and (self.min_in_lungs > 0 or with_blobs) else None
         if self.min_in_lungs > 0 and whole_chest:
             current = stages["in_lungs"] = boxes_mod.in_lungs(current, lungs, self.min_in_lungs)
         if self.min_depth_ratio > 0:
             current = stages["not_flat"] = boxes_mod.round_enough(current, spacing, self.min_depth_ratio,
                                                                   volume.hu.shape[0])
-        if self.fpr is not None and self.blobs and whole_chest:
-            from .blobs import blob_candidates
-
+        if with_blobs:
             found = blob_candidates(volume.hu, spacing, lungs, avoid=detection.mask, pad_px=self.pad_px)
             current = stages["with_blobs"] = current + found
         if self.fpr is not None:
