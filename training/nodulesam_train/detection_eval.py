@@ -334,16 +334,13 @@ def main(args) -> int:
         records = results[main_row]
         found = [s for r in records for s in r["outcome"].lesion_scores.values()]
         fp_scores = [s for r in records if r["counts_fp"] for s in r["outcome"].fp_scores]
-        n_lesions = summaries[main_row]["all"]["lesions"]
         points = {}
         for name, rate in OPERATING_RATES.items():
-            threshold = fpr.operating_points[name]
-            if args.calibrate:
-                allowed = int(np.floor(rate * summaries[main_row]["scans"] + 1e-9))
-                ranked = sorted(fp_scores, reverse=True)
-                threshold = float(np.nextafter(ranked[allowed], np.inf)) if allowed < len(ranked) else 0.0
-            points[name] = froc_mod.operating_point(found, fp_scores, n_lesions, summaries[main_row]["scans"],
-                                                    threshold)
+            # calibrating: the FROC's own threshold at that rate (-inf, keep all, is 0 for a probability)
+            threshold = (max(0.0, main["thresholds"][froc_mod.FP_RATES.index(rate)]) if args.calibrate
+                         else fpr.operating_points[name])
+            points[name] = froc_mod.operating_point(found, fp_scores, main["lesions"],
+                                                    summaries[main_row]["scans"], threshold)
         meta["operating_points"] = points
         meta["cpm"] = main["cpm"]
         if args.calibrate:

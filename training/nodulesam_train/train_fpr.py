@@ -73,45 +73,45 @@ def lesion_cubes(scan, out: _Examples, rng, repeats: int = 30) -> None:
             out.add(scan.volume.hu, spacing, _jittered(geometry, spacing, rng), 1, "real lesion")
 
 
+def _candidate_cubes(scan, candidates, train: _Examples, val: _Examples, rng, jitters: int, kind: str) -> int:
+    """Jittered cubes of ``candidates`` as negatives of ``kind`` (15 % of them to validation)."""
+    from NoduleSAMLib.fpr import mask_geometry
+
+    hu, spacing = scan.volume.hu, scan.volume.spacing_zyx_mm
+    for candidate in candidates:
+        z0, _, y0, _, x0, _ = candidate.box_ijk
+        geometry = mask_geometry(candidate.detector_mask, spacing, (z0, y0, x0))
+        target = val if rng.random() < 0.15 else train
+        for _ in range(jitters):
+            target.add(hu, spacing, _jittered(geometry, spacing, rng, 0.1, 0.1), 0, kind)
+    return len(candidates)
+
+
 def detector_fp_cubes(scan, detection, near_label, train: _Examples, val: _Examples, rng,
                       jitters: int = 3) -> int:
     """Cubes of the detector's candidates that touch no label (hard negatives): components of its
     mask and of its probability above 0.25. Returns how many candidates were used."""
     from NoduleSAMLib.boxes import candidates_from_mask
-    from NoduleSAMLib.fpr import mask_geometry
 
-    hu, spacing = scan.volume.hu, scan.volume.spacing_zyx_mm
-    used = 0
-    for mask in (detection.mask, detection.probability > 0.25):
-        for candidate in candidates_from_mask(mask, detection.probability, spacing, 5.0):
-            z0, z1, y0, y1, x0, x1 = candidate.box_ijk
-            if near_label[z0:z1, y0:y1, x0:x1][candidate.detector_mask].any():
-                continue
-            geometry = mask_geometry(candidate.detector_mask, spacing, (z0, y0, x0))
-            target = val if rng.random() < 0.15 else train
-            for _ in range(jitters):
-                target.add(hu, spacing, _jittered(geometry, spacing, rng, 0.1, 0.1), 0, "detector FP")
-            used += 1
-    return used
+    def off_labels(candidate):
+        z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+        return not near_label[z0:z1, y0:y1, x0:x1][candidate.detector_mask].any()
+
+    spacing = scan.volume.spacing_zyx_mm
+    candidates = [c for mask in (detection.mask, detection.probability > 0.25)
+                  for c in candidates_from_mask(mask, detection.probability, spacing, 5.0) if off_labels(c)]
+    return _candidate_cubes(scan, candidates, train, val, rng, jitters, "detector FP")
 
 
 def blob_fp_cubes(scan, near_label, train: _Examples, val: _Examples, rng, jitters: int = 2) -> int:
     """Cubes of the blob filter's candidates (``NoduleSAMLib.blobs``) that touch no label: the
     vessel crossings and other round look-alikes it proposes (hard negatives)."""
     from NoduleSAMLib.blobs import blob_candidates
-    from NoduleSAMLib.fpr import mask_geometry
     from NoduleSAMLib.lungs import lung_mask
 
     hu, spacing = scan.volume.hu, scan.volume.spacing_zyx_mm
-    used = 0
-    for candidate in blob_candidates(hu, spacing, lung_mask(hu, spacing), avoid=near_label):
-        z0, _, y0, _, x0, _ = candidate.box_ijk
-        geometry = mask_geometry(candidate.detector_mask, spacing, (z0, y0, x0))
-        target = val if rng.random() < 0.15 else train
-        for _ in range(jitters):
-            target.add(hu, spacing, _jittered(geometry, spacing, rng, 0.1, 0.1), 0, "blob FP")
-        used += 1
-    return used
+    candidates = blob_candidates(hu, spacing, lung_mask(hu, spacing), avoid=near_label)
+    return _candidate_cubes(scan, candidates, train, val, rng, jitters, "blob FP")
 
 
 BACKGROUND_COUNTS = {"vessel": 900, "lung boundary": 350, "parenchyma": 150}

@@ -92,12 +92,20 @@ def test_pasted_copies_keep_the_original_and_label_each_nodule(lung1_003):
 
 
 def test_evaluate_detection_command_writes_its_outputs(tmp_path):
+    import shutil
+
+    from NoduleSAMLib.models import fpr_folder
     from nodulesam_train.cli import main
 
+    bundled = fpr_folder("nodule-fpr")
+    before = (bundled / "model.json").read_text()
+    classifier = shutil.copytree(bundled, tmp_path / "fpr")  # --calibrate writes into its model.json
     out = tmp_path / "det"
     code = main(["evaluate-detection", "--split", "val", "--scans", "NSCLC-Radiomics-LUNG1-003",
-                 "--limit", "4", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+                 "--limit", "4", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 "--fpr", str(classifier), "--calibrate"])
     assert code == 0
+    assert (bundled / "model.json").read_text() == before
     summary = json.loads((out / "summary.json").read_text())
     main_row = summary["rows"][summary["main_row"]]
     assert main_row["scans"] == 1 and main_row["real"]["lesions"] == 1
@@ -110,5 +118,15 @@ def test_evaluate_detection_command_writes_its_outputs(tmp_path):
     for fp in summary["false_positives"]:
         assert (out / fp["thumbnail"]).is_file()
     assert set(summary["operating_points"]) == {"high", "balanced", "specific"}
+    # the operating points written into the classifier's card are the val FROC's thresholds
+    card = json.loads((classifier / "model.json").read_text())["operating_points"]
+    thresholds = dict(zip(main_row["all"]["rates"], main_row["all"]["thresholds"]))
+    for name, rate in (("high", 2.0), ("balanced", 1.0), ("specific", 0.25)):
+        assert card[name]["calibrated"] and card[name]["fp_rate_target"] == rate
+        assert card[name]["threshold"] == max(0.0, thresholds[rate])
+        assert card[name]["fp_per_scan"] <= rate
+    # calibrating reads a val FROC only
+    assert main(["evaluate-detection", "--split", "test", "--calibrate", "--fpr", str(classifier),
+                 "--out", str(tmp_path / "y")]) == 2
     # a training scan is refused: no accuracy on data a model trained on
     assert main(["evaluate-detection", "--scans", "LIDC-IDRI-0001", "--out", str(tmp_path / "x")]) == 2
