@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .boxes import Candidate, box2d_from_contours
-from .geometry import clip_box3d, expand_box2d
+from .boxes import Candidate, component_boxes
+from .geometry import clip_box3d
 
 STEP_MM = 1.5                  # the isotropic grid of the filter
 SCALES_MM = (1.5, 2.5, 4.0)    # Gaussian scales: blobs of about 5-14 mm across
@@ -89,16 +89,7 @@ def blob_candidates(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray, avoid: np
 
 def _candidate(mask, offset, shape, spacing, response, pad_px) -> Candidate:
     """A candidate of a blob's mask (placed at ``offset``), boxed like a detected component."""
-    z_off, y_off, x_off = offset
-    slice_boxes = {}
-    for dz in np.flatnonzero(mask.any(axis=(1, 2))):
-        box = box2d_from_contours(mask[dz]) + [x_off, y_off, x_off, y_off]
-        slice_boxes[z_off + int(dz)] = expand_box2d(box, 0.0, pad_px, shape[1:])
-    stacked = np.array(list(slice_boxes.values()))
-    zs = list(slice_boxes)
-    box_ijk = clip_box3d((min(zs) - 1, max(zs) + 2, int(np.floor(stacked[:, 1].min())),
-                          int(np.ceil(stacked[:, 3].max())) + 1, int(np.floor(stacked[:, 0].min())),
-                          int(np.ceil(stacked[:, 2].max())) + 1), shape)
+    slice_boxes, box_ijk = component_boxes(mask, offset, shape, 0.0, pad_px)
     z0, z1, y0, y1, x0, x1 = box_ijk
     full = np.zeros((z1 - z0, y1 - y0, x1 - x0), bool)
     points = np.argwhere(mask) + np.asarray(offset) - [z0, y0, x0]  # inside: the box holds every slice box

@@ -85,6 +85,28 @@ def box2d_from_contours(mask2d: np.ndarray) -> np.ndarray | None:
     return np.array([x, y, x + w - 1, y + h - 1], dtype=float)
 
 
+def component_boxes(component: np.ndarray, offset_zyx, shape_zyx, expansion: float = EXPANSION,
+                    pad_px: float = PAD_PX) -> tuple[dict[int, np.ndarray], tuple[int, ...]]:
+    """The prompt boxes and the 3D box of one candidate's mask.
+
+    component: bool ``[z, y, x]`` whose voxel (0, 0, 0) is ``offset_zyx`` in a volume of
+    ``shape_zyx``. Each slice it covers gets its contours' box, expanded (volume pixels); the 3D
+    box holds those boxes and one more slice above and below, so refinement can reach slices
+    the mask missed.
+    """
+    z_off, y_off, x_off = (int(v) for v in offset_zyx)
+    slice_boxes = {}
+    for dz in np.flatnonzero(component.any(axis=(1, 2))):
+        box = box2d_from_contours(component[dz]) + [x_off, y_off, x_off, y_off]
+        slice_boxes[z_off + int(dz)] = expand_box2d(box, expansion, pad_px, shape_zyx[1:])
+    stacked = np.array(list(slice_boxes.values()))
+    box_ijk = clip_box3d((min(slice_boxes) - 1, max(slice_boxes) + 2,
+                          int(np.floor(stacked[:, 1].min())), int(np.ceil(stacked[:, 3].max())) + 1,
+                          int(np.floor(stacked[:, 0].min())), int(np.ceil(stacked[:, 2].max())) + 1),
+                         shape_zyx)
+    return slice_boxes, box_ijk
+
+
 def candidates_from_mask(mask: np.ndarray, probability: np.ndarray | None,
                          spacing_zyx_mm, min_volume_mm3: float = MIN_VOLUME_MM3,
                          expansion: float = EXPANSION, pad_px: float = PAD_PX) -> list[Candidate]:
@@ -106,18 +128,8 @@ def candidates_from_mask(mask: np.ndarray, probability: np.ndarray | None,
         if volume_mm3 < min_volume_mm3:
             continue
         score = float(probability[region][component].mean()) if probability is not None else 1.0
-        z_off, y_off, x_off = (s.start for s in region)
-        slice_boxes = {}
-        for dz in range(component.shape[0]):
-            box = box2d_from_contours(component[dz])
-            if box is not None:
-                box = box + [x_off, y_off, x_off, y_off]
-                slice_boxes[z_off + dz] = expand_box2d(box, expansion, pad_px, mask.shape[1:])
-        stacked = np.array(list(slice_boxes.values()))
-        box_ijk = clip_box3d((region[0].start - 1, region[0].stop + 1,
-                              int(np.floor(stacked[:, 1].min())), int(np.ceil(stacked[:, 3].max())) + 1,
-                              int(np.floor(stacked[:, 0].min())), int(np.ceil(stacked[:, 2].max())) + 1),
-                             mask.shape)
+        slice_boxes, box_ijk = component_boxes(component, [s.start for s in region], mask.shape,
+                                               expansion, pad_px)
         z0, z1, y0, y1, x0, x1 = box_ijk
         detector_mask = labels[z0:z1, y0:y1, x0:x1] == index
         prior = None if probability is None else np.asarray(probability[z0:z1, y0:y1, x0:x1], np.float32)

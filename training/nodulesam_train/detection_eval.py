@@ -51,7 +51,7 @@ def evaluation_scans(split: str, names, lidc_dir: Path, per_copy: int, seed: int
 
     Each scan gets an equal share of the split's nodules (at most ``limit``), pasted into copies
     of it, ``per_copy`` at a time."""
-    from .paste import paste, paste_allowed, read_voi
+    from .paste import pasted_copies, read_voi
 
     excluded = set(scans_mod.TRAIN_SCANS) | set(scans_mod.HELD_OUT_PATIENTS)
     pool = sorted((c for c in read_cases(lidc_dir) if c["split"] == split and c["patient_id"] not in excluded),
@@ -63,22 +63,15 @@ def evaluation_scans(split: str, names, lidc_dir: Path, per_copy: int, seed: int
         scan = scans_mod.load_scan(name, lidc_dir)
         out.append((scan, True))
         share = pool[number::len(names)][:limit]
-        hu, spacing = scan.volume.hu, scan.volume.spacing_zyx_mm
-        allowed_base = paste_allowed(hu, scan.labels, spacing)
-        places = np.argwhere(allowed_base[:, ::4, ::4]) * [1, 4, 4]
-        for copy, start in enumerate(range(0, len(share), per_copy)):
-            canvas, labels = hu.copy(), scan.labels.copy()
-            allowed = allowed_base.copy()
-            pasted = scans_mod.Scan(f"{name}+{split}{copy + 1}", None, labels,
+        nodules = [(1000 + offset, read_voi(lidc_dir, case)) for offset, case in enumerate(share)]
+        copies = pasted_copies(scan.volume.hu, scan.labels, scan.volume.spacing_zyx_mm, nodules, per_copy, rng)
+        for copy, (canvas, labels, placed) in enumerate(copies):
+            pasted = scans_mod.Scan(f"{name}+{split}{copy + 1}", replace(scan.volume, hu=canvas), labels,
+                                    [scans_mod.Lesion(value, nodule.diameter_mm, nodule.texture, "pasted",
+                                                      nodule.case_id) for value, nodule in placed],
                                     ignored=[lesion.value for lesion in scan.lesions] + list(scan.ignored))
-            for offset, case in enumerate(share[start:start + per_copy]):
-                value = 1000 + start + offset
-                nodule = read_voi(lidc_dir, case)
-                if paste(canvas, labels, allowed, value, nodule, spacing, rng, places) is not None:
-                    pasted.lesions.append(scans_mod.Lesion(value, nodule.diameter_mm, nodule.texture,
-                                                           "pasted", case["case_id"]))
-            pasted.volume = replace(scan.volume, hu=canvas)
-            log(f"{pasted.name}: {len(pasted.lesions)} of {len(share[start:start + per_copy])} nodules pasted")
+            tried = len(nodules[copy * per_copy:(copy + 1) * per_copy])
+            log(f"{pasted.name}: {len(pasted.lesions)} of {tried} nodules pasted")
             out.append((pasted, False))
     return out
 

@@ -97,6 +97,20 @@ def paste(hu: np.ndarray, labels: np.ndarray, allowed: np.ndarray, value: int, n
     return None
 
 
+def pasted_copies(hu: np.ndarray, labels: np.ndarray, spacing_zyx_mm, nodules, per_copy: int,
+                  rng: np.random.Generator):
+    """Copies of a CT with ``nodules`` (a list of ``(label value, VoiNodule)``) pasted into its
+    lungs, ``per_copy`` to a copy. Yields ``(hu, labels, placed)`` per copy, ``placed`` being the
+    ``(value, nodule)`` pairs that fitted (in ``labels`` with their value)."""
+    allowed_base = paste_allowed(hu, labels, spacing_zyx_mm)
+    places = np.argwhere(allowed_base[:, ::4, ::4]) * [1, 4, 4]
+    for start in range(0, len(nodules), per_copy):
+        canvas, copy_labels, allowed = hu.copy(), labels.copy(), allowed_base.copy()
+        placed = [(value, nodule) for value, nodule in nodules[start:start + per_copy]
+                  if paste(canvas, copy_labels, allowed, value, nodule, spacing_zyx_mm, rng, places) is not None]
+        yield canvas, copy_labels, placed
+
+
 def paste_allowed(hu: np.ndarray, labels: np.ndarray, spacing_zyx_mm, margin_mm: float = 4.0) -> np.ndarray:
     """Where pasted nodules may lie: the lung fields (vessels included, so a pasted nodule may
     touch one) shrunk by ``margin_mm``, and at least 10 mm from any labelled voxel (the scan's

@@ -145,18 +145,14 @@ def pasted_cubes(scan, cases, lidc_dir: Path, out: _Examples, rng, jitters: int 
     Returns how many were placed."""
     from NoduleSAMLib.fpr import mask_geometry
 
-    from .paste import paste, paste_allowed, read_voi
+    from .paste import pasted_copies, read_voi
 
     hu, spacing = scan.volume.hu, scan.volume.spacing_zyx_mm
-    allowed_base = paste_allowed(hu, scan.labels, spacing)
-    places = np.argwhere(allowed_base[:, ::4, ::4]) * [1, 4, 4]
+    # label values above the scan's own, which the pastes keep 10 mm away from
+    nodules = [(value, read_voi(lidc_dir, case)) for value, case in enumerate(cases, start=1000)]
     placed_total = 0
-    for start in range(0, len(cases), per_canvas):
-        canvas, labels = hu.copy(), np.zeros(hu.shape, np.int32)
-        allowed = allowed_base.copy()
-        placed = [value for value, case in enumerate(cases[start:start + per_canvas], start=1)
-                  if paste(canvas, labels, allowed, value, read_voi(lidc_dir, case), spacing, rng, places)]
-        for value in placed:
+    for canvas, labels, placed in pasted_copies(hu, scan.labels, spacing, nodules, per_canvas, rng):
+        for value, _ in placed:
             geometry = mask_geometry(labels == value, spacing)
             for _ in range(max(1, jitters)):
                 out.add(canvas, spacing, _jittered(geometry, spacing, rng) if jitters else geometry, 1, "pasted VOI")
