@@ -111,6 +111,7 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installButton.connect("clicked(bool)", self.onInstall)
         self.ui.detectButton.connect("clicked(bool)", lambda: self.onDetect())
         self.ui.addBoxButton.connect("clicked(bool)", self.onAddBox)
+        self.ui.clickNoduleButton.connect("clicked(bool)", self.onClickNodule)
         self.ui.refineButton.connect("clicked(bool)", lambda: self.onRefine())
         self.ui.autoSegmentButton.connect("clicked(bool)", lambda: self.onDetect(then=self.onRefine))
         self.ui.cancelButton.connect("clicked(bool)", self._cancel.set)
@@ -209,6 +210,7 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.detectButton.enabled = haveVolume and not busy
         self.ui.autoSegmentButton.enabled = haveVolume and not busy
         self.ui.addBoxButton.enabled = haveVolume and not busy
+        self.ui.clickNoduleButton.enabled = haveVolume and not busy
         self.ui.refineButton.enabled = haveRois and not busy
         self.ui.cancelButton.enabled = busy
         self.ui.inputsCollapsibleButton.enabled = not busy
@@ -274,6 +276,29 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         markupsLogic.SetActiveList(roi)
         markupsLogic.StartPlaceMode(False)
         self.ui.statusLabel.text = f"Click and drag in a slice view to place '{roi.GetName()}'."
+
+    def onClickNodule(self):
+        """Place one fiducial; where it lands, the logic proposes the nodule's box (an ROI)."""
+        fiducial = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "NoduleSAM click")
+        fiducial.CreateDefaultDisplayNodes()
+        self.addObserver(fiducial, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onClickPlaced)
+        markupsLogic = slicer.modules.markups.logic()
+        markupsLogic.SetActiveList(fiducial)
+        markupsLogic.StartPlaceMode(False)
+        self.ui.statusLabel.text = "Click on the nodule in a slice view."
+
+    def onClickPlaced(self, fiducial, event=None):
+        self.removeObserver(fiducial, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onClickPlaced)
+        world = [0.0, 0.0, 0.0]
+        fiducial.GetNthControlPointPositionWorld(0, world)
+        slicer.mrmlScene.RemoveNode(fiducial)
+        try:
+            roi = self.logic.add_click(self.params(), world)
+        except self.scene.NoduleSAMError as err:
+            slicer.util.errorDisplay(str(err))
+            return
+        self.ui.statusLabel.text = f"'{roi.GetName()}' placed around the click: adjust it, then Refine."
+        self.updateButtons()
 
     def onCandidateClicked(self, index):
         rois = self.params().rois
@@ -397,6 +422,10 @@ class NoduleSAMTest(ScriptedLoadableModuleTest):
         params, logic = scenarios.refine_and_edit(slicer.mrmlScene, volumeNode, case)
         self.delayDisplay("Save and reload the scene")
         scenarios.save_and_reload(params, self.saveAndReload, logic)
+        self.setUp()
+        volumeNode = scenarios.volume_round_trip(slicer.mrmlScene, case)
+        self.delayDisplay("Click a nodule, refine, move its box, refine again")
+        scenarios.click_refine_move(slicer.mrmlScene, volumeNode, case)
         self.delayDisplay("NoduleSAM self-test passed")
 
     @staticmethod

@@ -71,7 +71,7 @@ def main() -> None:
                              "bf16 instructions)")
     args = parser.parse_args()
 
-    from NoduleSAMLib.boxes import candidates_from_boxes
+    from NoduleSAMLib.prompts import candidates_from_boxes
     from NoduleSAMLib.detect import Detector
     from NoduleSAMLib.geometry import box2d_of_mask, expand_box2d
     from NoduleSAMLib.fpr import FalsePositiveReducer

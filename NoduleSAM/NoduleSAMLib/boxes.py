@@ -5,15 +5,12 @@ SAM prompts taken from the detector mask's OpenCV contours, enlarged by the expa
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from .errors import NoduleSAMError
 from .geometry import clip_box3d, expand_box2d
 
 # Defaults, chosen on the LIDC VOIs (see ../shared/notes/stack.md and docs/architecture.md):
@@ -34,8 +31,11 @@ class Candidate:
     score: the ranking score: the candidate classifier's nodule probability (``fpr.py``) when
       it ran, else the detector's mean foreground probability (None if not detected).
     detector_score: the detector's mean foreground probability over the component.
-    source: what proposed it: ``detector``, ``blob filter`` (``blobs.py``) or ``given box``.
+    source: what proposed it: ``detector``, ``blob filter`` (``blobs.py``), ``given box`` or
+      ``click``.
     blob_response: the blob filter's response, for its candidates.
+    click_zyx: the clicked voxel of a ``click`` candidate; its box is proposed from the click
+      (``BoxRefiner.box_from_click``).
     detector_mask: the detector's component, bool, shaped like the 3D box (None if not detected).
     detector_probability: the detector's foreground probability (float32), shaped like the 3D
       box as detected (None if not detected); ``detected_box_ijk`` is that box. Refinement votes
@@ -53,6 +53,7 @@ class Candidate:
     detector_score: float | None = None
     source: str = "detector"
     blob_response: float | None = None
+    click_zyx: tuple[int, int, int] | None = None
 
     def prior(self) -> np.ndarray | None:
         """The detector's probability over the box, or None once the box differs from the
@@ -189,41 +190,3 @@ def round_enough(candidates: list[Candidate], spacing_zyx_mm, min_ratio: float,
         return depth_ratio(c, spacing_zyx_mm) < min_ratio
 
     return number_candidates([c for c in candidates if not judged_flat(c)])
-
-
-def candidates_from_boxes(boxes: list[dict], shape_zyx) -> tuple[list[Candidate], list[str]]:
-    """Candidates from given 3D boxes (``{"name": ..., "ijk": [z0, z1, y0, y1, x0, x1]}``).
-
-    Boxes reaching outside the volume are clipped (with a message); boxes with no voxel inside it,
-    or empty, are rejected with a message. Returns the candidates and the messages.
-    """
-    candidates, messages = [], []
-    for number, entry in enumerate(boxes, start=1):
-        name = str(entry.get("name") or f"Nodule {number}")
-        ijk = entry.get("ijk")
-        if ijk is None or len(ijk) != 6:
-            raise NoduleSAMError(f"box '{name}': needs 'ijk': [z0, z1, y0, y1, x0, x1]")
-        ijk = tuple(int(round(v)) for v in ijk)
-        clipped = clip_box3d(ijk, shape_zyx)
-        if clipped is None:
-            messages.append(f"box '{name}' {list(ijk)} is empty or outside the volume "
-                            f"{list(shape_zyx)} (z, y, x): skipped")
-            continue
-        if clipped != ijk:
-            messages.append(f"box '{name}' {list(ijk)} reached outside the volume: clipped to "
-                            f"{list(clipped)}")
-        candidates.append(Candidate(name, clipped, source="given box"))
-    return candidates, messages
-
-
-def read_boxes_json(path: str | Path) -> list[dict]:
-    """The ``boxes`` list of a boxes JSON, or the ``nodules`` list of a NoduleSAM report."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise NoduleSAMError(f"{path}: cannot read boxes JSON ({err})") from None
-    boxes = data.get("boxes", data.get("nodules")) if isinstance(data, dict) else None
-    if not isinstance(boxes, list):
-        raise NoduleSAMError(f"{path}: expected {{\"boxes\": [{{\"name\": ..., \"ijk\": "
-                             "[z0, z1, y0, y1, x0, x1]}, ...]}")
-    return boxes

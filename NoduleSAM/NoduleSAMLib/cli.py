@@ -7,8 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import NoduleSAMError
 from . import models
+from .errors import NoduleSAMError
 
 log = logging.getLogger("nodulesam")
 
@@ -101,29 +101,32 @@ def build_pipeline(args, need_detector: bool):
 
 def run_segment(args, input_path, output: Path, report_path: Path | None,
                 overview_path: Path | None = None) -> dict:
-    from .boxes import read_boxes_json
     from .outputs import report_dict, write_overview_png, write_report, write_seg_nrrd
     from .pipeline import timed_stage
+    from .prompts import read_boxes_json, read_points_json
     from .volume import read_ct
 
+    # The user's JSON first: a typo there should not wait for the CT to load.
+    boxes = read_boxes_json(args.boxes) if getattr(args, "boxes", None) else None
+    points = read_points_json(args.points) if getattr(args, "points", None) else None
     timings = {}
     with timed_stage(timings, "read_s"):
         volume = read_ct(input_path, getattr(args, "series", None))
-    boxes = read_boxes_json(args.boxes) if getattr(args, "boxes", None) else None
+    given = boxes is not None or points is not None
     with timed_stage(timings, "load_models_s"):
-        pipeline = build_pipeline(args, need_detector=boxes is None)
-    result = pipeline.run(volume, boxes)
+        pipeline = build_pipeline(args, need_detector=not given)
+    result = pipeline.run(volume, boxes, points)
     result.timings_s = timings | result.timings_s
     for message in result.messages + volume.warnings:
         print(f"nodulesam: {message}", file=sys.stderr)
     write_seg_nrrd(result, output)
-    extra = {"models": {"detector": None if boxes is not None else str(args.detector),
-                        "fpr": None if boxes is not None or args.fpr == "none" else str(args.fpr),
+    extra = {"models": {"detector": None if given else str(args.detector),
+                        "fpr": None if given or args.fpr == "none" else str(args.fpr),
                         "refiner": None if args.no_refine else args.refiner,
                         "refiner_checkpoint": args.checkpoint},
              "settings": {"min_volume_mm3": args.min_volume, "min_in_lungs": args.min_in_lungs,
                           "min_depth_ratio": args.min_depth_ratio,
-                          "sensitivity": None if boxes is not None or args.fpr == "none" else args.sensitivity,
+                          "sensitivity": None if given or args.fpr == "none" else args.sensitivity,
                           "fpr_threshold": pipeline.fpr_threshold if pipeline.fpr is not None else None,
                           "blob_candidates": pipeline.blobs and pipeline.fpr is not None,
                           "expansion": args.expansion,
@@ -155,7 +158,7 @@ def cmd_demo(args) -> None:
 
     out = Path(args.out)
     image, _ = demo_ct()
-    args.boxes, args.series = None, None
+    args.boxes, args.points, args.series = None, None, None
     run_segment(args, image, out / "demo.seg.nrrd", out / "demo_report.json",
                 out / "demo_overview.png")
 
@@ -188,7 +191,12 @@ def parser() -> argparse.ArgumentParser:
     segment.add_argument("-o", "--output", required=True, help="output .seg.nrrd")
     segment.add_argument("--report", help="output JSON report")
     segment.add_argument("--overview", help="output PNG overview")
-    segment.add_argument("--boxes", help="JSON of 3D boxes to refine instead of detecting")
+    segment.add_argument("--boxes", help="JSON of 3D boxes to refine instead of detecting: "
+                         '{"boxes": [{"name": "Nodule 1", "ijk": [z0, z1, y0, y1, x0, x1]}]} '
+                         "(half-open voxel indices; a report's nodules list works too)")
+    segment.add_argument("--points", help="JSON of clicks, one per nodule, to segment instead of "
+                         'detecting: {"points": [{"name": "Nodule 1", "ijk": [z, y, x]}]} or '
+                         '"lps_mm": [x, y, z]; combines with --boxes')
     segment.add_argument("--series", help="SeriesInstanceUID when the folder holds several")
     add_model_options(segment)
     segment.set_defaults(func=cmd_segment)

@@ -101,6 +101,25 @@ class Crop2D:
         cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
         return cls(int(np.floor(cy - (size - 1) / 2.0)), int(np.floor(cx - (size - 1) / 2.0)), size)
 
+    @classmethod
+    def around_snapped(cls, box_xyxy, margin_px: int, min_size_px: int, grid_px: int) -> "Crop2D":
+        """Like :meth:`around`, with the side rounded up to a multiple of ``grid_px`` and the
+        corner snapped down to the grid, then grown by ``grid_px`` until the box keeps at least
+        half the margin on every side. A pure function of the box, and the same crop for boxes
+        that differ by less than a grid step."""
+        grid = max(int(grid_px), 1)
+        x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+        side = max(x1 - x0 + 1, y1 - y0 + 1) + 2 * margin_px
+        size = int(max(np.ceil(side / grid) * grid, min_size_px))
+        while True:
+            cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
+            top = int(np.floor((cy - (size - 1) / 2.0) / grid) * grid)
+            left = int(np.floor((cx - (size - 1) / 2.0) / grid) * grid)
+            least = min(x0 - left, y0 - top, left + size - 1 - x1, top + size - 1 - y1)
+            if least >= margin_px / 2.0:
+                return cls(top, left, size)
+            size += grid
+
     def box_to_crop(self, box_xyxy) -> np.ndarray:
         return np.asarray(box_xyxy, dtype=float) - [self.x0, self.y0, self.x0, self.y0]
 

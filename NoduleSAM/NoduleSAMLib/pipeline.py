@@ -16,6 +16,7 @@ from .errors import NoduleSAMError
 from .geometry import apply_matrix, box3d_corners_ijk
 from .lungs import lung_mask, shows_whole_chest
 from .measure import measure_nodule
+from .prompts import box_from_click, candidates_from_boxes, candidates_from_points
 from .refine import BoxRefiner
 from .volume import CTVolume
 
@@ -164,6 +165,8 @@ class Pipeline:
         for done, candidate in enumerate(tqdm(candidates, desc="refine", unit="nodule",
                                               disable=progress is not None or not candidates)):
             with timed_stage(timings, "refine_s"):
+                if candidate.click_zyx is not None and self.refiner is not None:
+                    candidate = self.box_for_click(volume, candidate)
                 if self.refiner is not None:
                     on_slice = None if progress is None else (lambda: progress(done, len(candidates)))
                     mask = self.refiner.refine(volume.hu, candidate, key, on_slice)
@@ -182,17 +185,31 @@ class Pipeline:
                 progress(done + 1, len(candidates))
         return nodules
 
-    def run(self, volume: CTVolume, boxes: list[dict] | None = None) -> Result:
-        """The whole job: detect (unless ``boxes`` are given), then refine and measure."""
+    def box_for_click(self, volume: CTVolume, candidate: Candidate) -> Candidate:
+        """A copy of a click candidate whose box is the one its click proposes
+        (``prompts.box_from_click``); the box then refines like any given box."""
+        from dataclasses import replace
+
+        if self.refiner is None:
+            raise NoduleSAMError(f"'{candidate.name}' is a click: clicks need the refiner")
+        box = box_from_click(volume.hu, volume.spacing_zyx_mm, candidate.click_zyx,
+                             self.refiner.settings.seed_hu)
+        return replace(candidate, box_ijk=box)
+
+    def run(self, volume: CTVolume, boxes: list | None = None, points: list | None = None) -> Result:
+        """The whole job: detect (unless ``boxes`` or ``points`` are given), then refine and
+        measure. Given boxes and points are refined together, boxes first."""
         timings, messages = {}, []
         start = time.perf_counter()
-        if boxes is None:
+        if boxes is None and points is None:
             candidates = self.detect(volume, timings)
         else:
-            candidates, messages = boxes_mod.candidates_from_boxes(boxes, volume.hu.shape)
+            candidates, messages = candidates_from_boxes(boxes or [], volume.hu.shape)
+            clicked, more = candidates_from_points(points or [], volume.ijk_to_lps, volume.hu.shape)
+            candidates, messages = candidates + clicked, messages + more
             if not candidates:  # nothing the user asked for can be done: an error, not "0 nodules"
-                raise NoduleSAMError("no box to refine: " + ("; ".join(messages) if messages
-                                                             else "the boxes list is empty"))
+                raise NoduleSAMError("nothing to refine: " + ("; ".join(messages) if messages
+                                                              else "the boxes and points lists are empty"))
         nodules = self.segment(volume, candidates, timings)
         timings["total_s"] = time.perf_counter() - start
         return Result(volume, nodules, timings, messages)
@@ -214,7 +231,8 @@ def nodule_record(volume: CTVolume, nodule: Nodule) -> dict:
         "label": nodule.label,
         "ijk": list(candidate.box_ijk),
         **box_world_mm(volume, candidate.box_ijk),
-        "source": candidate.source if candidate.score is not None else "given box",
+        "source": candidate.source if candidate.score is not None or candidate.click_zyx else "given box",
+        **({"click_ijk": list(candidate.click_zyx)} if candidate.click_zyx else {}),
         "score": candidate.score,
         "detector_score": candidate.detector_score,
         "detector_volume_mm3": candidate.detected_volume_mm3,

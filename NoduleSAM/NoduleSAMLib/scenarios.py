@@ -276,6 +276,57 @@ def refine_and_edit(scene, volume_node, case: Case, logic: sc.Logic | None = Non
     return params, logic
 
 
+def click_refine_move(scene, volume_node, case: Case, logic: sc.Logic | None = None):
+    """One click on the nodule -> an ROI around it -> Refine; then the user moves the ROI and
+    refines again.
+
+    Checks: the click's ROI holds the click and segments the nodule; the same ROI refined again
+    does no work; moved by a voxel it is re-refined and still segments the nodule; a click off
+    the CT is a clear error that adds nothing.
+    """
+    logic = logic or sc.Logic()
+    params = sc.Parameters.get_or_create(scene)
+    params.inputVolume = volume_node
+    shape = case.volume.hu.shape
+    zs, ys, xs = np.nonzero(case.reference)
+    largest = int(np.argmax(np.bincount(zs)))           # a click on the nodule's widest slice
+    on_slice = np.flatnonzero(zs == largest)
+    centre = np.array([largest, np.median(ys[on_slice]), np.median(xs[on_slice])]).round().astype(int)
+    fiducial = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "NoduleSAM click")
+    point_ras = case.volume.zyx_to_ras(centre)
+    fiducial.AddControlPoint(*point_ras)
+    world = [0.0, 0.0, 0.0]
+    fiducial.GetNthControlPointPositionWorld(0, world)
+    check(sc.voxel_from_world(world, volume_node) == tuple(int(v) for v in centre),
+          "the fiducial's voxel is not the clicked one")
+    before = len(params.rois)
+    roi = logic.add_click(params, world)
+    check(len(params.rois) == before + 1 and roi.GetAttribute(sc.ROI_CLICK_ATTRIBUTE) is not None,
+          "a click should add one ROI that remembers the click")
+    z0, z1, y0, y1, x0, x1 = sc.box_from_roi(roi, volume_node)
+    check(z0 <= centre[0] < z1 and y0 <= centre[1] < y1 and x0 <= centre[2] < x1,
+          "the click's ROI does not hold the click")
+    first = logic.refine(params)
+    check(roi.GetName() in first.refined, f"the click's ROI was not refined: {first}")
+    score = dice(_segment_mask(params, roi, shape), case.reference)
+    check(score > 0.7, f"a click gave Dice {score:.3f} against the reference")
+    again = logic.refine(params)
+    check(roi.GetName() in again.unchanged and again.encoder_calls == 0,
+          f"refining the unchanged click ROI did work: {again}")
+    center = [0.0, 0.0, 0.0]
+    roi.GetCenter(center)
+    roi.SetCenter(*(np.array(center) + [case.volume.spacing_ijk_mm[0], 0.0, 0.0]))  # 1 voxel
+    moved = logic.refine(params)
+    check(moved.refined == [roi.GetName()], f"the moved ROI alone should be refined: {moved}")
+    score = dice(_segment_mask(params, roi, shape), case.reference)
+    check(score > 0.7, f"after moving the ROI, Dice {score:.3f}")
+    far = case.volume.zyx_to_ras(np.array(shape) + 50)
+    expect_user_error(lambda: logic.add_click(params, far), "outside the CT", "a click off the CT")
+    check(len(params.rois) == before + 1, "a click off the CT added an ROI")
+    scene.RemoveNode(fiducial)
+    return params, logic
+
+
 def _paint_by_hand(params, segment_id, mask) -> None:
     """Replace a segment's voxels as the Segment Editor does (its tags untouched)."""
     import slicer

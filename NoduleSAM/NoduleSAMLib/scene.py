@@ -21,8 +21,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import slicer
@@ -34,14 +34,21 @@ from . import fpr as fpr_mod
 from . import models
 from .boxes import Candidate
 from .errors import NoduleSAMError
-from .geometry import apply_matrix, box3d_corners_ijk, box3d_from_corners_ijk, clip_box3d
+from .geometry import (
+    apply_matrix,
+    box3d_corners_ijk,
+    box3d_from_corners_ijk,
+    clip_box3d,
+)
 from .measure import measure_nodule
 from .outputs import segment_color
 from .pipeline import Pipeline, volume_fingerprint
+from .prompts import box_from_click
 from .refine import BoxRefiner, RefineSettings
 from .volume import CTVolume, check_ct
 
 MODULE_NAME = "NoduleSAM"
+ROI_CLICK_ATTRIBUTE = "NoduleSAM.click"     # the voxel [z, y, x] a click ROI came from
 ROI_ROLE = "NoduleSAM.roi"                 # parameter node -> ROI nodes (ordered)
 ROI_SEGMENT_ATTRIBUTE = "NoduleSAM.SegmentID"
 ROI_SCORE_ATTRIBUTE = "NoduleSAM.Score"    # ranking score (classifier); absent for boxes the user added
@@ -124,7 +131,7 @@ class Parameters:
                 setattr(self, parameter.name, parameter.default)
 
     @classmethod
-    def get_or_create(cls, scene) -> "Parameters":
+    def get_or_create(cls, scene) -> Parameters:
         """The scene's NoduleSAM parameter node (created with defaults on first use)."""
         node = scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
         if node is None:
@@ -273,6 +280,14 @@ def set_roi_to_box(roi, volume_node, box_ijk) -> None:
     roi.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     roi.SetAndObserveObjectToNodeMatrix(_array_to_matrix(object_to_node))
     roi.SetSize(*(np.array([x1 - x0, y1 - y0, z1 - z0]) * spacing))
+
+
+def voxel_from_world(point_ras, volume_node) -> tuple[int, int, int]:
+    """The voxel ``(z, y, x)`` of ``volume_node`` nearest a world RAS point (a fiducial's
+    position, with its parent transforms applied by Slicer), through the volume's transforms."""
+    to_volume = _transform_between(None, volume_node.GetParentTransformNode())
+    ijk = apply_matrix(_volume_ras_to_ijk(volume_node), np.array(to_volume.TransformPoint(*point_ras)))
+    return tuple(int(v) for v in np.round(ijk[::-1]))
 
 
 def next_roi_name(rois) -> str:
@@ -651,6 +666,21 @@ class Logic:
             existing.append(candidate.box_ijk)
         update_candidate_table(params)
         return added
+
+    def add_click(self, params: Parameters, point_ras, name: str | None = None):
+        """An ROI around the nodule at a click (a fiducial's world RAS position): the box the
+        click proposes (``prompts.box_from_click``), which Refine then segments like any ROI.
+        The click is kept on the ROI (``ROI_CLICK_ATTRIBUTE``)."""
+        volume = ct_from_volume_node(params.inputVolume)
+        zyx = voxel_from_world(point_ras, params.inputVolume)
+        if not all(0 <= v < n for v, n in zip(zyx, volume.hu.shape)):
+            raise NoduleSAMError("the click is outside the CT: click on the nodule in the CT")
+        box = box_from_click(volume.hu, volume.spacing_zyx_mm, zyx, RefineSettings().seed_hu)
+        roi = add_roi(params, name)
+        set_roi_to_box(roi, params.inputVolume, box)
+        roi.SetAttribute(ROI_CLICK_ATTRIBUTE, json.dumps(list(zyx)))
+        update_candidate_table(params)
+        return roi
 
     # Refine
     def segment_state(self, params: Parameters, roi, input_key: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from NoduleSAMLib.cli import main
-from NoduleSAMLib.boxes import read_boxes_json
+from NoduleSAMLib.prompts import read_boxes_json
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_user_errors_exit_non_zero_with_one_line(crop_nrrd, tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"boxes": [{"name": "A", "ijk": [1, 2]}]}')
     assert main(["segment", str(ct_path), "-o", str(tmp_path / "x.seg.nrrd"),
                  "--boxes", str(tmp_path / "bad.json"), "--no-refine"]) == 2
-    assert "needs 'ijk'" in capsys.readouterr().err
+    assert "'ijk' must be 6 finite numbers" in capsys.readouterr().err
     assert main(["segment", str(ct_path), "-o", str(tmp_path / "x.nrrd"), "--boxes",
                  str(tmp_path / "bad.json")]) == 2
     assert not (tmp_path / "x.seg.nrrd").exists()
@@ -102,11 +102,11 @@ def test_user_errors_exit_non_zero_with_one_line(crop_nrrd, tmp_path, capsys):
     assert main(["segment", str(ct_path), "-o", str(tmp_path / "r.seg.nrrd"), "--boxes",
                  str(tmp_path / "rejected.json"), "--no-refine"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no box to refine" in err and "'Far'" in err and "'Inverted'" in err
+    assert err.count("\n") == 1 and "nothing to refine" in err and "'Far'" in err and "'Inverted'" in err
     (tmp_path / "empty.json").write_text('{"boxes": []}')
     assert main(["segment", str(ct_path), "-o", str(tmp_path / "r.seg.nrrd"), "--boxes",
                  str(tmp_path / "empty.json"), "--no-refine"]) == 2
-    assert "the boxes list is empty" in capsys.readouterr().err
+    assert "the boxes and points lists are empty" in capsys.readouterr().err
     assert not (tmp_path / "r.seg.nrrd").exists()
     # as a real process: one line on stderr, no traceback
     run = subprocess.run([sys.executable, "-m", "NoduleSAMLib.cli", "segment",

@@ -92,6 +92,12 @@ def test_refine_edit_save_reload(headless, case, tmp_path):
     assert (tmp_path / "scene.mrb").stat().st_size > 0
 
 
+def test_click_refine_move(headless, case):
+    """A fiducial click -> an ROI -> Refine; move the ROI, Refine again."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    scenarios.click_refine_move(headless.scene, volume_node, case)
+
+
 class ReferenceDetector:
     """Stands in for nnU-Net: 'detects' the reference mask."""
 

@@ -1,0 +1,200 @@
+"""What a user gives: 3D boxes (``--boxes``, Slicer ROIs) and clicks (``--points``, Slicer
+fiducials), read, checked and turned into candidates for the refiner.
+
+A box is half-open voxel indices ``[z0, z1, y0, y1, x0, x1]``; a click is a voxel ``[z, y, x]``
+(``ijk`` key, array order like the boxes) or an LPS point in millimetres (``lps_mm``: ``[x, y,
+z]``). How a box or a click becomes per-slice SAM prompts is ``refine.BoxRefiner``'s work.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .boxes import Candidate
+from .errors import NoduleSAMError
+from .geometry import apply_matrix, clip_box3d
+
+
+def _read_json_list(path: str | Path, keys: tuple[str, ...], example: str) -> list:
+    """The first list found under ``keys`` in a JSON file, with one-line errors."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise NoduleSAMError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise NoduleSAMError(f"{path}: not UTF-8 text; expected JSON like {example}") from None
+    except json.JSONDecodeError as err:
+        raise NoduleSAMError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
+                             f"expected {example}") from None
+    for key in keys:
+        if isinstance(data, dict) and isinstance(data.get(key), list):
+            return data[key]
+    raise NoduleSAMError(f"{path}: expected {example}")
+
+
+def _numbers(entry, key: str, count: int, what: str) -> list[float]:
+    """``entry[key]`` as ``count`` finite numbers, else a one-line error naming ``what``."""
+    if not isinstance(entry, dict):
+        raise NoduleSAMError(f"{what}: each entry must be an object like "
+                             f"{{\"name\": ..., \"{key}\": [...]}}, got {json.dumps(entry)[:60]}")
+    values = entry.get(key)
+    ok = (isinstance(values, list) and len(values) == count
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in values))
+    if not ok:
+        raise NoduleSAMError(f"{what}: '{key}' must be {count} finite numbers, got "
+                             f"{json.dumps(values)[:60]}")
+    return [float(v) for v in values]
+
+
+BOXES_EXAMPLE = '{"boxes": [{"name": "Nodule 1", "ijk": [z0, z1, y0, y1, x0, x1]}]}'
+POINTS_EXAMPLE = ('{"points": [{"name": "Nodule 1", "ijk": [z, y, x]}]} '
+                  '(or "lps_mm": [x, y, z] instead of "ijk")')
+
+
+def read_boxes_json(path: str | Path) -> list[dict]:
+    """The ``boxes`` list of a boxes JSON, or the ``nodules`` list of a NoduleSAM report."""
+    return _read_json_list(path, ("boxes", "nodules"), BOXES_EXAMPLE)
+
+
+def read_points_json(path: str | Path) -> list[dict]:
+    """The ``points`` list of a points JSON."""
+    return _read_json_list(path, ("points",), POINTS_EXAMPLE)
+
+
+def candidates_from_boxes(boxes: list, shape_zyx) -> tuple[list[Candidate], list[str]]:
+    """Candidates from given 3D boxes (``{"name": ..., "ijk": [z0, z1, y0, y1, x0, x1]}``).
+
+    Boxes reaching outside the volume are clipped (with a message); boxes with no voxel inside it,
+    or empty, are rejected with a message. A malformed entry is an error. Returns the
+    candidates and the messages.
+    """
+    candidates, messages = [], []
+    for number, entry in enumerate(boxes, start=1):
+        name = str(entry.get("name") or f"Nodule {number}") if isinstance(entry, dict) else f"box {number}"
+        ijk = tuple(int(round(v)) for v in _numbers(entry, "ijk", 6, f"box '{name}'"))
+        clipped = clip_box3d(ijk, shape_zyx)
+        if clipped is None:
+            messages.append(f"box '{name}' {list(ijk)} is empty or outside the volume "
+                            f"{list(shape_zyx)} (z, y, x): skipped")
+            continue
+        if clipped != ijk:
+            messages.append(f"box '{name}' {list(ijk)} reached outside the volume: clipped to "
+                            f"{list(clipped)}")
+        candidates.append(Candidate(name, clipped, source="given box"))
+    return candidates, messages
+
+
+def candidates_from_points(points: list, ijk_to_lps: np.ndarray,
+                           shape_zyx) -> tuple[list[Candidate], list[str]]:
+    """Candidates from clicks (``{"name": ..., "ijk": [z, y, x]}`` or ``"lps_mm": [x, y, z]``).
+
+    An LPS point goes to the nearest voxel through the volume's ``ijk_to_lps`` matrix. A click
+    outside the volume is skipped with a message. Each candidate's box is the clicked voxel
+    alone until the refiner proposes the nodule's box (``BoxRefiner.box_from_click``).
+    """
+    candidates, messages = [], []
+    for number, entry in enumerate(points, start=1):
+        name = str(entry.get("name") or f"Nodule {number}") if isinstance(entry, dict) else f"point {number}"
+        what = f"point '{name}'"
+        if isinstance(entry, dict) and "lps_mm" in entry and "ijk" not in entry:
+            lps = _numbers(entry, "lps_mm", 3, what)
+            ijk = apply_matrix(np.linalg.inv(ijk_to_lps), np.array(lps))
+            zyx = tuple(int(round(v)) for v in ijk[::-1])
+            given = f"LPS {[round(v, 1) for v in lps]} mm (voxel {list(zyx)})"
+        else:
+            zyx = tuple(int(round(v)) for v in _numbers(entry, "ijk", 3, what))
+            given = f"voxel {list(zyx)}"
+        if not all(0 <= v < n for v, n in zip(zyx, shape_zyx)):
+            messages.append(f"{what} at {given} is outside the volume {list(shape_zyx)} "
+                            "(z, y, x): skipped")
+            continue
+        z, y, x = zyx
+        candidates.append(Candidate(name, (z, z + 1, y, y + 1, x, x + 1), source="click",
+                                    click_zyx=zyx))
+    return candidates, messages
+
+
+def solid_seed(hu_box: np.ndarray, threshold_hu: float, centre_zyx=None) -> np.ndarray:
+    """The nodule's dense core in a box: a 3D component of voxels above a HU threshold.
+
+    hu_box: HU ``[z, y, x]`` of the box. The threshold is ``threshold_hu``, lowered to the middle
+    of the box's 10th and 95th HU percentiles when that is lower (a ground-glass nodule is
+    fainter than -500 HU). Of the components (26-connected), the one containing ``centre_zyx``
+    (box-relative voxel; default the box's centre) wins; when none does, the one with the most
+    voxels for its distance from it (``size / (1 + 4 d^2)``, d in half box sizes). Returns a bool
+    mask shaped like the box, empty when nothing is dense enough.
+    """
+    low, high = np.percentile(hu_box, [10, 95])
+    dense = hu_box > min(threshold_hu, (low + high) / 2.0)
+    labels, count = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return dense
+    half = np.maximum(np.array(hu_box.shape, float) / 2.0, 0.5)
+    centre = half - 0.5 if centre_zyx is None else np.asarray(centre_zyx, float)
+    inside = labels[tuple(np.clip(np.round(centre).astype(int), 0, np.array(hu_box.shape) - 1))]
+    if inside:
+        return labels == inside
+    grid = np.indices(hu_box.shape, dtype=np.float32)
+    d2 = sum(((grid[a] - centre[a]) / half[a]) ** 2 for a in range(3))
+    index = np.arange(1, count + 1)
+    sizes = ndimage.sum(dense, labels, index)
+    nearest = ndimage.minimum(d2, labels, index)
+    return labels == index[int(np.argmax(sizes / (1.0 + 4.0 * nearest)))]
+
+
+def box_from_click(hu: np.ndarray, spacing_zyx_mm, click_zyx, threshold_hu: float,
+                   reach_mm=(15.0, 30.0, 60.0)) -> tuple[int, int, int, int, int, int]:
+    """The 3D box a click proposes: around the dense component at (or nearest) the click.
+
+    Looks within ``reach_mm`` of the click (widening through the given reaches while the
+    component runs out of the window, as a big tumour does), opens the dense voxels in-plane
+    (3 x 3) so that vessels a few pixels wide come off a nodule, and takes the component's box.
+    Where nothing dense is near, or the component runs out of the widest window (a vessel tree,
+    the chest wall), the box is the click +- 5 mm. Always holds the clicked voxel.
+    """
+    shape = np.array(hu.shape)
+    spacing = np.asarray(spacing_zyx_mm, float)
+    click = np.asarray(click_zyx, int)
+    for reach_one in reach_mm:
+        reach = np.maximum(np.ceil(reach_one / spacing), 1).astype(int)
+        lo, hi = np.maximum(click - reach, 0), np.minimum(click + reach + 1, shape)
+        window = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        low, high = np.percentile(window, [10, 95])
+        dense = window > min(threshold_hu, (low + high) / 2.0)
+        dense = ndimage.binary_opening(dense, structure=np.ones((1, 3, 3), bool))
+        if not dense.any():
+            break
+        seed = solid_seed(np.where(dense, window, -1024.0), -1000.0, click - lo)
+        seed &= _ball_at_click(seed, spacing, click - lo)
+        zs, ys, xs = np.nonzero(seed)
+        box = np.array([zs.min(), zs.max() + 1, ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
+        box += np.repeat(lo, 2)
+        cut = ((box[0::2] <= lo) & (lo > 0)) | ((box[1::2] >= hi) & (hi < shape))
+        if not cut.any():
+            return _holding(tuple(int(v) for v in box), click)
+    half = np.maximum(np.round(5.0 / spacing), 1).astype(int)
+    return clip_box3d(tuple(int(v) for pair in zip(click - half, click + half + 1) for v in pair),
+                      tuple(shape))
+
+
+def _ball_at_click(component: np.ndarray, spacing, click) -> np.ndarray:
+    """The voxels of a ball around the nodule at ``click`` (see ``box_from_click``)."""
+    depth = ndimage.distance_transform_edt(np.pad(component, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    grid = np.indices(component.shape, dtype=np.float32)
+    d_click = np.sqrt(sum(((grid[a] - click[a]) * spacing[a]) ** 2 for a in range(3)))
+    near = np.where(d_click <= 3.0, depth, 0.0)
+    peak = np.unravel_index(int(np.argmax(near)), near.shape)
+    radius = 2.0 * float(near[peak]) + 2.0
+    d_peak = np.sqrt(sum(((grid[a] - peak[a]) * spacing[a]) ** 2 for a in range(3)))
+    return d_peak <= radius
+
+
+def _holding(box, click) -> tuple[int, ...]:
+    z0, z1, y0, y1, x0, x1 = box
+    z, y, x = (int(v) for v in click)
+    return (min(z0, z), max(z1, z + 1), min(y0, y), max(y1, y + 1), min(x0, x), max(x1, x + 1))
