@@ -149,12 +149,14 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=7)
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--scans", action="store_true", help="also the full scans' nodules and tumours")
+    parser.add_argument("--encoder", default="auto", help="image encoder backend (default: %(default)s)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     out = args.out or REPO / "benchmarks" / "results" / f"user_box_{args.split}.json"
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-    refiner = BoxRefiner(build_sam("litemedsam"))
+    refiner = BoxRefiner(build_sam("litemedsam"), encoder=args.encoder)
+    print(f"encoder: {refiner.encoder_name}", flush=True)
     groups = {f"VOIs {args.split}": voi_cases(args.lidc_dir / "voi", args.split, args.step, args.limit)}
     if args.scans:
         groups["full scans"] = scan_cases(args.lidc_dir)
@@ -167,6 +169,7 @@ def main() -> None:
                   f"new {times['new_box_s']:.1f} s, edit {times['edit_s']:.2f} s", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": args.split, "step": args.step, "limit": args.limit,
+                               "encoder": refiner.encoder_name,
                                "cases": results}, indent=1))
     columns = [k for k in next(iter(results.values())) if k not in ("group", "new_box_s", "edit_s", "slices")]
     print("\n| data | cases | " + " | ".join(columns) + " | new box s (per slice) | edit s |")

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.special import expit
 
 from .boxes import Candidate
+from .errors import NoduleSAMError
 from .geometry import Crop2D, box2d_of_mask, expand_box2d
 from .prompts import solid_seed
 
@@ -71,6 +72,64 @@ class RefineSettings:
     start_iterations: int = 2
 
 
+ENCODERS = ("auto", "torch", "openvino")
+
+
+class OpenVINOEncoder:
+    """A SAM image encoder compiled by OpenVINO for the CPU (``pip install openvino``): the same
+    embeddings as torch (within 1e-5) in about half the time on 2 cores (BENCHMARKS.md,
+    ``benchmarks/encoder_backends.py``). The converted model is cached under
+    ``models.cache_dir()/openvino``, keyed by a hash of the encoder's weights."""
+
+    def __init__(self, encoder, side: int, threads: int | None = None):
+        import hashlib
+
+        import openvino as ov
+        import torch
+
+        from .models import cache_dir
+
+        digest = hashlib.blake2b(digest_size=10)
+        for tensor in encoder.state_dict().values():
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        path = cache_dir() / "openvino" / f"encoder-{side}-{digest.hexdigest()}-ov{ov.__version__.split('-')[0]}.xml"
+        core = ov.Core()
+        if path.is_file():
+            model = core.read_model(str(path))
+        else:
+            with torch.inference_mode():
+                model = ov.convert_model(encoder, example_input=torch.zeros(1, 3, side, side))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ov.save_model(model, str(path), compress_to_fp16=False)
+        threads = threads or torch.get_num_threads()
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+
+    def __call__(self, tensor):
+        import torch
+
+        return torch.from_numpy(self.compiled(tensor.detach().cpu().numpy())[0].copy())
+
+
+def image_encoder(sam, name: str):
+    """The encoder backend ``name`` (``ENCODERS``) for ``sam``: None means torch's own.
+    ``auto`` takes OpenVINO on a CPU where it is installed, else torch."""
+    if name not in ENCODERS:
+        raise NoduleSAMError(f"unknown encoder backend '{name}'; choose one of {', '.join(ENCODERS)}")
+    on_cpu = next(sam.parameters()).device.type == "cpu"
+    if name == "torch" or (name == "auto" and not on_cpu):
+        return None
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        if name == "auto":
+            return None
+        raise NoduleSAMError("encoder 'openvino' needs OpenVINO: pip install openvino") from None
+    if not on_cpu:
+        raise NoduleSAMError("encoder 'openvino' runs on the CPU only: use --device cpu")
+    return OpenVINOEncoder(sam.image_encoder, sam.image_encoder.img_size)
+
+
 class BoxRefiner:
     """SAM box prompts on cached crop embeddings.
 
@@ -78,15 +137,19 @@ class BoxRefiner:
     bf16: run the image encoder under bfloat16 autocast (for GPUs and CPUs with bf16
       instructions; on a CPU without them it was 20x slower, see BENCHMARKS.md).
     cache_size: how many crop embeddings to keep (each about 4 MB).
+    encoder: the image encoder's backend, ``auto`` (OpenVINO on a CPU where installed),
+      ``torch`` or ``openvino`` (``image_encoder``).
     """
 
     def __init__(self, sam, settings: RefineSettings | None = None, bf16: bool = False,
-                 cache_size: int = 128):
+                 cache_size: int = 128, encoder: str = "torch"):
         self.sam = sam
         self.settings = settings or RefineSettings()
         self.bf16 = bf16
         self.cache_size = cache_size
         self.device = next(sam.parameters()).device
+        self.encoder = image_encoder(sam, encoder)
+        self.encoder_name = "torch" if self.encoder is None else "openvino"
         self._cache: OrderedDict[tuple, object] = OrderedDict()
         self.encoder_calls = 0
         self.decoder_calls = 0
@@ -124,8 +187,13 @@ class BoxRefiner:
         tensor = torch.from_numpy(np.repeat(resized[None, None], 3, axis=1)).to(self.device)
         tensor = tensor.contiguous(memory_format=torch.channels_last)
         predictor = SamPredictor(self.sam)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            predictor.set_torch_image(tensor, (crop.size, crop.size))
+        if self.encoder is not None:  # what set_torch_image does, with the other backend
+            predictor.original_size, predictor.input_size = (crop.size, crop.size), (side, side)
+            predictor.features = self.encoder(self.sam.preprocess(tensor))
+            predictor.is_image_set = True
+        else:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                predictor.set_torch_image(tensor, (crop.size, crop.size))
         predictor.features = predictor.features.float()
         self.encoder_calls += 1
         return predictor

@@ -603,7 +603,7 @@ class Logic:
         if self._refiner is None or self._refiner_key != key:
             device = self._device(config["device"])
             sam = models.build_sam(config["refiner"], config["checkpoint"] or None, device)
-            self._refiner, self._refiner_key = BoxRefiner(sam, RefineSettings()), key
+            self._refiner, self._refiner_key = BoxRefiner(sam, RefineSettings(), encoder="auto"), key
         self._refiner.settings.crop_margin_px = config["cropMargin"]
         return self._refiner
 

@@ -174,3 +174,19 @@ def test_segment_with_points_on_the_command_line(lidc_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'ijk' must be 3 finite numbers" in err[0]
     assert not (tmp_path / "bad.seg.nrrd").exists()
+
+
+def test_the_openvino_encoder_gives_torchs_masks(sam, vois):
+    pytest.importorskip("openvino", reason="the optional OpenVINO backend is not installed")
+    hu, truth, _ = vois["LIDC-IDRI-0208_N1"]
+    box = tight(truth)
+    torch_refiner, ov_refiner = BoxRefiner(sam), BoxRefiner(sam, encoder="openvino")
+    assert (torch_refiner.encoder_name, ov_refiner.encoder_name) == ("torch", "openvino")
+    z0, z1, y0, y1, x0, x1 = box
+    crop = torch_refiner.crop_for([x0, y0, x1 - 1, y1 - 1])
+    ours = ov_refiner._embed(hu[z0], crop).features
+    theirs = torch_refiner._embed(hu[z0], crop).features
+    assert float((ours - theirs).abs().max()) < 1e-3
+    assert dice(refined(ov_refiner, hu, box, "ov"), refined(torch_refiner, hu, box, "t")) >= 0.99
+    with pytest.raises(NoduleSAMError, match="unknown encoder"):
+        BoxRefiner(sam, encoder="tensorrt")
