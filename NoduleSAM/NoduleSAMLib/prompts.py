@@ -171,6 +171,8 @@ def box_from_click(hu: np.ndarray, spacing_zyx_mm, click_zyx, threshold_hu: floa
             break
         seed = solid_seed(np.where(dense, window, -1024.0), -1000.0, click - lo)
         seed &= _ball_at_click(seed, spacing, click - lo)
+        if not seed.any():
+            break
         zs, ys, xs = np.nonzero(seed)
         box = np.array([zs.min(), zs.max() + 1, ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
         box += np.repeat(lo, 2)
@@ -186,12 +188,18 @@ def _ball_at_click(component: np.ndarray, spacing, click) -> np.ndarray:
     """The voxels of a ball around the nodule at ``click`` (see ``box_from_click``)."""
     depth = ndimage.distance_transform_edt(np.pad(component, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     grid = np.indices(component.shape, dtype=np.float32)
-    d_click = np.sqrt(sum(((grid[a] - click[a]) * spacing[a]) ** 2 for a in range(3)))
-    near = np.where(d_click <= 3.0, depth, 0.0)
+
+    def distance_from(point):
+        return np.sqrt(sum(((grid[a] - point[a]) * spacing[a]) ** 2 for a in range(3)))
+
+    anchor = np.asarray(click, float)
+    if not (component & (distance_from(anchor) <= 3.0)).any():
+        # the click is beside the component: look around its voxel nearest the click
+        anchor = np.unravel_index(int(np.argmin(np.where(component, distance_from(anchor), np.inf))),
+                                  component.shape)
+    near = np.where(distance_from(anchor) <= 3.0, depth, 0.0)
     peak = np.unravel_index(int(np.argmax(near)), near.shape)
-    radius = 2.0 * float(near[peak]) + 2.0
-    d_peak = np.sqrt(sum(((grid[a] - peak[a]) * spacing[a]) ** 2 for a in range(3)))
-    return d_peak <= radius
+    return distance_from(peak) <= 2.0 * float(near[peak]) + 2.0
 
 
 def _holding(box, click) -> tuple[int, ...]:

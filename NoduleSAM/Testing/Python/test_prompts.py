@@ -111,6 +111,13 @@ def test_the_dense_core_prefers_the_component_at_the_centre():
     seed = solid_seed(hu, -500.0)
     assert seed[2, 15, 15] and not seed[:, :, 28].any()
     assert not solid_seed(np.full((3, 8, 8), -900.0, np.float32), -500.0).any()
+    # a click in the lung 5 mm beside the nodule still proposes the nodule's box (holding the click)
+    hu[:, :, 27:30] = -900.0
+    box = box_from_click(hu, (2.0, 1.0, 1.0), (2, 15, 22), -500.0)
+    assert box == (1, 4, 12, 18, 12, 23), box
+    # nothing dense nearby: the click +- 5 mm
+    empty = np.full((9, 40, 40), -900.0, np.float32)
+    assert box_from_click(empty, (2.0, 1.0, 1.0), (4, 20, 20), -500.0) == (2, 7, 15, 26, 15, 26)
 
 
 def test_click_json_in_both_frames_and_bad_entries(tmp_path):
