@@ -52,8 +52,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--encoder", default="auto", choices=["auto", "torch", "openvino"],
                         help="the refiner's image encoder backend: auto takes OpenVINO on a CPU "
-                             "where it is installed (pip install openvino; the same masks, about "
-                             "twice as fast), else torch (default: %(default)s)")
+                             "where it is installed (pip install openvino; the same masks, "
+                             "about 20 %% faster), else torch (default: %(default)s)")
     parser.add_argument("--bf16", action="store_true",
                         help="bfloat16 autocast for the refiner's image encoder: for GPUs and CPUs "
                              "with bf16 instructions; far slower on CPUs without (BENCHMARKS.md)")

@@ -77,7 +77,7 @@ ENCODERS = ("auto", "torch", "openvino")
 
 class OpenVINOEncoder:
     """A SAM image encoder compiled by OpenVINO for the CPU (``pip install openvino``): the same
-    embeddings as torch (within 1e-5) in about half the time on 2 cores (BENCHMARKS.md,
+    embeddings as torch (within 1e-5) in about 20 % less time on 2 cores (BENCHMARKS.md,
     ``benchmarks/encoder_backends.py``). The converted model is cached under
     ``models.cache_dir()/openvino``, keyed by a hash of the encoder's weights."""
 
