@@ -261,7 +261,7 @@ class BoxRefiner:
            own); it stops where the mask vanishes, overlaps the previous one by less than
            ``min_overlap`` or averages below ``min_mean_hu``.
         Measured against the old propagation alone on 20 LIDC test VOIs (BENCHMARKS.md,
-        ``benchmarks/user_box.py``): tight box 3D Dice 0.83 against 0.55.
+        ``benchmarks/user_box.py``): tight box 3D Dice 0.80 against 0.55.
         """
         s = self.settings
         z0, z1, y0, y1, x0, x1 = box_ijk
