@@ -89,12 +89,12 @@ def scan_cases(lidc_dir: Path):
         scan = load_scan(name, lidc_dir)
         hu, spacing = scan.volume.hu, scan.volume.spacing_zyx_mm
         for lesion in scan.lesions:
-            mask = scan.labels == lesion.label
+            mask = scan.labels == lesion.value
             z0, z1, y0, y1, x0, x1 = tight_box(mask)
             lo = np.maximum([z0 - 6, y0 - 40, x0 - 40], 0)
             hi = np.minimum([z1 + 6, y1 + 40, x1 + 40], hu.shape)
             region = tuple(slice(a, b) for a, b in zip(lo, hi))
-            yield f"{name} lesion {lesion.label}", hu[region], mask[region], spacing
+            yield f"{name} lesion {lesion.value}", hu[region], mask[region], spacing
         del scan
 
 
