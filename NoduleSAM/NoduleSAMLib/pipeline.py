@@ -190,8 +190,6 @@ class Pipeline:
         (``prompts.box_from_click``); the box then refines like any given box."""
         from dataclasses import replace
 
-        if self.refiner is None:
-            raise NoduleSAMError(f"'{candidate.name}' is a click: clicks need the refiner")
         box = box_from_click(volume.hu, volume.spacing_zyx_mm, candidate.click_zyx,
                              self.refiner.settings.seed_hu)
         return replace(candidate, box_ijk=box)

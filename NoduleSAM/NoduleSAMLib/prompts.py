@@ -129,17 +129,27 @@ def solid_seed(hu_box: np.ndarray, threshold_hu: float, centre_zyx=None) -> np.n
     voxels for its distance from it (``size / (1 + 4 d^2)``, d in half box sizes). Returns a bool
     mask shaped like the box, empty when nothing is dense enough.
     """
-    low, high = np.percentile(hu_box, [10, 95])
-    dense = hu_box > min(threshold_hu, (low + high) / 2.0)
+    return _component_near(_dense(hu_box, threshold_hu), centre_zyx)
+
+
+def _dense(hu: np.ndarray, threshold_hu: float) -> np.ndarray:
+    """Voxels above ``threshold_hu``, or above the middle of the 10th and 95th HU percentiles
+    when that is lower (see ``solid_seed``)."""
+    low, high = np.percentile(hu, [10, 95])
+    return hu > min(threshold_hu, (low + high) / 2.0)
+
+
+def _component_near(dense: np.ndarray, centre_zyx=None) -> np.ndarray:
+    """The 26-connected component of ``dense`` chosen as ``solid_seed`` describes."""
     labels, count = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
     if count == 0:
         return dense
-    half = np.maximum(np.array(hu_box.shape, float) / 2.0, 0.5)
+    half = np.maximum(np.array(dense.shape, float) / 2.0, 0.5)
     centre = half - 0.5 if centre_zyx is None else np.asarray(centre_zyx, float)
-    inside = labels[tuple(np.clip(np.round(centre).astype(int), 0, np.array(hu_box.shape) - 1))]
+    inside = labels[tuple(np.clip(np.round(centre).astype(int), 0, np.array(dense.shape) - 1))]
     if inside:
         return labels == inside
-    grid = np.indices(hu_box.shape, dtype=np.float32)
+    grid = np.indices(dense.shape, dtype=np.float32)
     d2 = sum(((grid[a] - centre[a]) / half[a]) ** 2 for a in range(3))
     index = np.arange(1, count + 1)
     sizes = ndimage.sum(dense, labels, index)
@@ -164,12 +174,10 @@ def box_from_click(hu: np.ndarray, spacing_zyx_mm, click_zyx, threshold_hu: floa
         reach = np.maximum(np.ceil(reach_one / spacing), 1).astype(int)
         lo, hi = np.maximum(click - reach, 0), np.minimum(click + reach + 1, shape)
         window = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        low, high = np.percentile(window, [10, 95])
-        dense = window > min(threshold_hu, (low + high) / 2.0)
-        dense = ndimage.binary_opening(dense, structure=np.ones((1, 3, 3), bool))
+        dense = ndimage.binary_opening(_dense(window, threshold_hu), structure=np.ones((1, 3, 3), bool))
         if not dense.any():
             break
-        seed = solid_seed(np.where(dense, window, -1024.0), -1000.0, click - lo)
+        seed = _component_near(dense, click - lo)
         seed &= _ball_at_click(seed, spacing, click - lo)
         if not seed.any():
             break
