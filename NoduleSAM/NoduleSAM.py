@@ -116,7 +116,10 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.autoSegmentButton.connect("clicked(bool)", lambda: self.onDetect(then=self.onRefine))
         self.ui.cancelButton.connect("clicked(bool)", self._cancel.set)
         self.ui.saveSegmentationButton.connect("clicked(bool)", self.onSaveSegmentation)
-        self.ui.candidateTableView.connect("clicked(QModelIndex)", self.onCandidateClicked)
+        for parameter, view in (("candidateTable", self.ui.candidateTableView),
+                                ("measurementTable", self.ui.measurementTableView)):
+            view.connect("clicked(QModelIndex)",
+                         lambda index, p=parameter, v=view: self.onTableClicked(p, v, index))
 
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
@@ -300,11 +303,14 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = f"'{roi.GetName()}' placed around the click: adjust it, then Refine."
         self.updateButtons()
 
-    def onCandidateClicked(self, index):
-        rois = self.params().rois
-        if 0 <= index.row() < len(rois) and rois[index.row()].GetNumberOfControlPoints():
-            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(rois[index.row()].GetID(), 0,
-                                                                         True)
+    def onTableClicked(self, tableParameter, view, index):
+        """Centre the slice views on the ROI of the clicked row (of either table)."""
+        table = getattr(self.params(), tableParameter)
+        model = view.model()  # a sort proxy over qMRMLTableModel: map to the table's own row
+        row = model.mapToSource(index).row() if hasattr(model, "mapToSource") else index.row()
+        roi = self.scene.roi_of_table_row(table, row) if table is not None else None
+        if roi is not None and roi.GetNumberOfControlPoints():
+            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(roi.GetID(), 0, True)
 
     def onSaveSegmentation(self):
         node = self.params().outputSegmentation

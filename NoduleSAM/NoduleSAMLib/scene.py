@@ -59,6 +59,7 @@ ROI_PRIOR_ATTRIBUTE = "NoduleSAM.DetectorProbability"
 SEGMENT_HASH_TAG = "NoduleSAM.VoxelHash"   # hash of the voxels we wrote
 SEGMENT_INPUT_TAG = "NoduleSAM.InputKey"   # what produced them (box, CT, refiner, settings)
 ROI_NAME_PREFIX = "Nodule "
+TABLE_ROW_NODES_ATTRIBUTE = "NoduleSAM.RowNodeIDs"  # table node -> JSON list, row r -> ROI ID
 
 # Segment states before a Refine (see Logic.segment_state).
 NEW, UNCHANGED, CHANGED, EDITED = "new", "unchanged", "changed", "edited by hand"
@@ -469,10 +470,15 @@ def segment_edited(params: Parameters, segment_id: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Tables
-def _fill_table(table_node, columns: list[tuple[str, str]], rows: list[dict]) -> None:
-    """Rewrite ``table_node`` with ``columns`` (name, 'string'|'double') and ``rows``."""
+def _fill_table(table_node, columns: list[tuple[str, str]], rows: list[dict], row_nodes) -> None:
+    """Rewrite ``table_node`` with ``columns`` (name, 'string'|'double') and ``rows``; row r is
+    about ``row_nodes[r]`` (its node ID is kept on the table, see :func:`roi_of_table_row`)."""
     table = table_node.GetTable()
     table_node.RemoveAllColumns()
+    # As Slicer's Segment Statistics does: without it qMRMLTableModel shows the column names as
+    # row 0, and every row the user clicks is one off.
+    table_node.SetUseColumnTitleAsColumnHeader(True)
+    table_node.SetAttribute(TABLE_ROW_NODES_ATTRIBUTE, json.dumps([n.GetID() for n in row_nodes]))
     for name, kind in columns:
         array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
         array.SetName(name)
@@ -485,6 +491,16 @@ def _fill_table(table_node, columns: list[tuple[str, str]], rows: list[dict]) ->
     for index, (name, _) in enumerate(columns):
         table_node.SetColumnProperty(index, "title", name)
     table_node.Modified()
+
+
+def roi_of_table_row(table_node, row: int):
+    """The ROI that row ``row`` of a NoduleSAM table is about (None if gone or out of range)."""
+    try:
+        ids = json.loads(table_node.GetAttribute(TABLE_ROW_NODES_ATTRIBUTE) or "[]")
+    except ValueError:
+        return None
+    scene = table_node.GetScene()
+    return scene.GetNodeByID(ids[row]) if scene is not None and 0 <= row < len(ids) else None
 
 
 def _ensure_table(params: Parameters, parameter: str, name: str):
@@ -517,16 +533,17 @@ def update_candidate_table(params: Parameters) -> None:
         row["Segment"] = "yes" if segment_of_roi(params, roi) else ""
         rows.append(row)
     _fill_table(_ensure_table(params, "candidateTable", "NoduleSAM candidates"), CANDIDATE_COLUMNS,
-                rows)
+                rows, params.rois)
 
 
 def update_measurement_table(params: Parameters, volume: CTVolume, statuses: dict | None = None):
     """Measure every ROI's segment as it is now (hand edits included) into the table node."""
-    rows, statuses = [], statuses or {}
+    rows, measured, statuses = [], [], statuses or {}
     for roi in params.rois:
         segment_id = segment_of_roi(params, roi)
         if segment_id is None:
             continue
+        measured.append(roi)
         mask = np.zeros(volume.hu.size, dtype=bool)
         mask[segment_voxels(params.outputSegmentation, segment_id, params.inputVolume)] = True
         m = measure_nodule(volume, mask.reshape(volume.hu.shape))
@@ -537,7 +554,7 @@ def update_measurement_table(params: Parameters, volume: CTVolume, statuses: dic
                      "Slices": f"{slices[0]}-{slices[-1]}" if slices.size else "",
                      "Status": statuses.get(roi.GetName(), "")})
     _fill_table(_ensure_table(params, "measurementTable", "NoduleSAM measurements"),
-                MEASUREMENT_COLUMNS, rows)
+                MEASUREMENT_COLUMNS, rows, measured)
 
 
 # ---------------------------------------------------------------------------------------------

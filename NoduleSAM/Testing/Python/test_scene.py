@@ -157,3 +157,35 @@ def test_detect(headless, case):
         pytest.skip(f"bundled detector not available yet: {err}")
     volume_node = sc.add_volume_node(headless.scene, case.volume)
     scenarios.detect(headless.scene, volume_node)
+
+
+def test_tables_show_titles_as_headers_and_row_0_is_the_first_nodule(headless, case):
+    """Without ``UseColumnTitleAsColumnHeader`` qMRMLTableModel shows the column names as row 0
+    and a click on a row jumps to the nodule before it. Row r of each table is its r-th ROI; in
+    the measurement table (ROIs with a segment only) that is not ``params.rois[r]``."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    params = sc.Parameters.get_or_create(headless.scene)
+    params.inputVolume = volume_node
+    first, = sc.Logic().add_candidates(params, case.candidates())
+    second = sc.add_roi(params)
+    sc.set_roi_to_box(second, volume_node, case.user_box())
+    sc.update_candidate_table(params)
+    table = params.candidateTable
+    assert table.GetUseColumnTitleAsColumnHeader()
+    assert table.GetNumberOfRows() == 2
+    assert [table.GetCellText(r, 0) for r in range(2)] == ["Nodule 1", "Nodule 2"]
+    assert [sc.roi_of_table_row(table, r) for r in range(3)] == [first, second, None]
+    # only the second ROI has a segment: it is row 0 of the measurement table
+    segmentation = sc.ensure_segmentation(params)
+    box = sc.box_from_roi(second, volume_node)
+    mask = np.zeros([box[1] - box[0], box[3] - box[2], box[5] - box[4]], bool)
+    mask[:, 2:6, 2:6] = True
+    second.SetAttribute(sc.ROI_SEGMENT_ATTRIBUTE, sc.write_segment(
+        segmentation, volume_node, None, "Nodule 2", (1, 0, 0), box, mask, "key"))
+    sc.update_measurement_table(params, case.volume)
+    measurements = params.measurementTable
+    assert measurements.GetUseColumnTitleAsColumnHeader()
+    assert measurements.GetNumberOfRows() == 1 and measurements.GetCellText(0, 0) == "Nodule 2"
+    assert sc.roi_of_table_row(measurements, 0) is second
+    headless.scene.RemoveNode(second)
+    assert sc.roi_of_table_row(measurements, 0) is None
