@@ -148,7 +148,8 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
           + f" ({result.timings_s.get('total_s', 0):.1f} s)")
     for record in report["nodules"]:
         print(f"  {record['name']}: {record['volume_mm3']:.0f} mm3, "
-              f"{record['long_axis_mm']:.1f} x {record['short_axis_mm']:.1f} mm, "
+              f"{record['long_axis_mm']:.1f} x {record['short_axis_mm']:.1f} mm "
+              f"(mean diameter {record['mean_diameter_mm']:.1f} mm), "
               f"mean {record['mean_hu'] if record['mean_hu'] is None else round(record['mean_hu'])} HU")
     return report
 

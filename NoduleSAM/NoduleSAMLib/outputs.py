@@ -118,7 +118,8 @@ def write_overview_png(result: Result, path: str | Path, window_hu=(-1350, 150))
                      colors=[segment_color(nodule.label)], linewidths=1.5)
         m = nodule.measurements
         axis.set_title(f"{nodule.candidate.name} (slice {z})\n{m['volume_mm3']:.0f} mm³, "
-                       f"{m['long_axis_mm']:.1f} x {m['short_axis_mm']:.1f} mm", fontsize=9)
+                       f"{m['long_axis_mm']:.1f} x {m['short_axis_mm']:.1f} mm "
+                       f"(mean {m['mean_diameter_mm']:.1f})", fontsize=9)
     figure.tight_layout()
     partial = _atomic_target(path)
     figure.savefig(partial, dpi=100, format="png")

@@ -68,6 +68,8 @@ def test_segment_given_boxes_writes_seg_nrrd_that_slicer_loads(crop_nrrd, tmp_pa
     nodule = data["nodules"][0]
     assert nodule["ijk"] == boxes["boxes"][0]["ijk"]
     assert nodule["volume_mm3"] > 100 and nodule["long_axis_mm"] > 10
+    assert nodule["short_axis_mm"] <= nodule["long_axis_mm"]
+    assert nodule["mean_diameter_mm"] == (nodule["long_axis_mm"] + nodule["short_axis_mm"]) / 2
     assert -400 < nodule["mean_hu"] < 100
     assert set(data["timings_s"]) >= {"read_s", "refine_s", "measure_s", "total_s"}
     assert len(nodule["box_ras_mm"]) == 2 and len(nodule["box_lps_mm"][0]) == 3
