@@ -16,6 +16,8 @@ from .errors import NoduleSAMError
 from .models import verify_file
 from .volume import CTVolume
 
+SLICES_PER_BATCH = 8  # slices per nnU-Net call when progress is reported (Cancel checks between)
+
 
 @dataclass
 class Detection:
@@ -123,9 +125,24 @@ class Detector:
             network, plans_manager, configuration_manager, parameters, dataset_json, trainer_name,
             first.get("inference_allowed_mirroring_axes"))
 
-    def predict(self, volume: CTVolume) -> Detection:
-        """Foreground probability and mask for every slice of ``volume`` (HU, ``[z, y, x]``)."""
+    def predict(self, volume: CTVolume, progress=None,
+                slices_per_batch: int = SLICES_PER_BATCH) -> Detection:
+        """Foreground probability and mask for every slice of ``volume`` (HU, ``[z, y, x]``).
+
+        progress: optional callable(done_slices, total_slices), called after each batch of
+          ``slices_per_batch`` slices; raising from it stops the prediction (a GUI's Cancel).
+          The model is 2D, so batches give the same result as one call over the whole volume.
+        """
         spacing = [float(v) for v in volume.spacing_zyx_mm]
-        seg, probabilities = self.predictor.predict_single_npy_array(
-            volume.hu[None].astype(np.float32), {"spacing": spacing}, None, None, True)
-        return Detection(np.asarray(probabilities[1], dtype=np.float32), np.asarray(seg) > 0)
+        depth = volume.hu.shape[0]
+        step = depth if progress is None else max(1, slices_per_batch)
+        probability, mask = [], []
+        for z0 in range(0, depth, step):
+            seg, probabilities = self.predictor.predict_single_npy_array(
+                volume.hu[None, z0:z0 + step].astype(np.float32), {"spacing": spacing}, None, None,
+                True)
+            probability.append(np.asarray(probabilities[1], dtype=np.float32))
+            mask.append(np.asarray(seg) > 0)
+            if progress is not None:
+                progress(min(z0 + step, depth), depth)
+        return Detection(np.concatenate(probability), np.concatenate(mask))
