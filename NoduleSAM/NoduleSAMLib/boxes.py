@@ -38,8 +38,9 @@ class Candidate:
       (``BoxRefiner.box_from_click``).
     detector_mask: the detector's component, bool, shaped like the 3D box (None if not detected).
     detector_probability: the detector's foreground probability (float32), shaped like the 3D
-      box as detected (None if not detected); ``detected_box_ijk`` is that box. Refinement votes
-      with it only while the box is unchanged (``prior``).
+      box as detected (None if not detected), zero on other candidates' components inside the
+      box; ``detected_box_ijk`` is that box. Refinement votes with it only while the box is
+      unchanged (``prior``).
     """
 
     name: str
@@ -132,8 +133,14 @@ def candidates_from_mask(mask: np.ndarray, probability: np.ndarray | None,
         slice_boxes, box_ijk = component_boxes(component, [s.start for s in region], mask.shape,
                                                expansion, pad_px)
         z0, z1, y0, y1, x0, x1 = box_ijk
-        detector_mask = labels[z0:z1, y0:y1, x0:x1] == index
-        prior = None if probability is None else np.asarray(probability[z0:z1, y0:y1, x0:x1], np.float32)
+        in_box = labels[z0:z1, y0:y1, x0:x1]
+        detector_mask = in_box == index
+        prior = None
+        if probability is not None:
+            # the detector's say over this candidate's own component and the background only: a
+            # neighbour's component in the box (a vessel, another nodule) must not be voted in
+            prior = np.asarray(probability[z0:z1, y0:y1, x0:x1], np.float32).copy()
+            prior[(in_box != 0) & ~detector_mask] = 0.0
         found.append(Candidate("", box_ijk, score, slice_boxes, volume_mm3, detector_mask, prior,
                                box_ijk if prior is not None else None, score))
     return number_candidates(found)

@@ -39,8 +39,8 @@ class Result:
     messages: list[str] = field(default_factory=list)
 
     def labelmap(self) -> np.ndarray:
-        """uint16 ``[z, y, x]``: nodule n (1-based, in list order) has label n; overlaps go to the
-        first nodule."""
+        """uint16 ``[z, y, x]``: nodule n (1-based, in list order) has label n (``segment`` makes
+        the nodules' masks disjoint)."""
         out = np.zeros(self.volume.hu.shape, dtype=np.uint16)
         for nodule in self.nodules:
             z0, z1, y0, y1, x0, x1 = nodule.candidate.box_ijk
@@ -162,6 +162,7 @@ class Pipeline:
         timings = {} if timings is None else timings
         key = volume_fingerprint(volume) if self.refiner is not None else None
         nodules = []
+        claimed = np.zeros(volume.hu.shape, dtype=bool)  # voxels of the nodules before
         for done, candidate in enumerate(tqdm(candidates, desc="refine", unit="nodule",
                                               disable=progress is not None or not candidates)):
             with timed_stage(timings, "refine_s"):
@@ -176,8 +177,12 @@ class Pipeline:
                     raise NoduleSAMError(f"'{candidate.name}' has no detector mask and refinement "
                                          "is off: a given box needs the refiner")
             with timed_stage(timings, "measure_s"):
-                full = np.zeros(volume.hu.shape, dtype=bool)
                 z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+                # a voxel belongs to one nodule: the first (best-ranked) that painted it, so the
+                # measurements add up to the label map
+                mask = mask & ~claimed[z0:z1, y0:y1, x0:x1]
+                claimed[z0:z1, y0:y1, x0:x1] |= mask
+                full = np.zeros(volume.hu.shape, dtype=bool)
                 full[z0:z1, y0:y1, x0:x1] = mask
                 measurements = measure_nodule(volume, full)
             nodules.append(Nodule(candidate, mask, measurements, label=len(nodules) + 1))

@@ -121,3 +121,40 @@ def test_the_detector_alone_decides_where_sam_cannot_change_the_vote(sam):
     # the shortcut agrees with the vote for any SAM answer
     for logits in (np.full(sure.shape, -50.0, np.float32), np.full(sure.shape, 50.0, np.float32)):
         np.testing.assert_array_equal(refiner.vote(logits, sure), refiner.decided_by_detector(sure))
+
+
+def test_a_neighbouring_component_does_not_leak_into_a_nodule(sam):
+    """Two detections 1 px apart (the juxtavascular case): each box holds a slice of the other,
+    which the detector prior must not vote into it, and no voxel is measured twice."""
+    from NoduleSAMLib.pipeline import Pipeline
+    from NoduleSAMLib.volume import CTVolume
+
+    rng = np.random.default_rng(0)
+    hu = (rng.normal(-850, 20, (24, 64, 64))).astype(np.float32)
+    first, second = np.zeros(hu.shape, bool), np.zeros(hu.shape, bool)
+    first[6:17, 20:31, 15:26] = True
+    second[6:17, 20:31, 27:38] = True  # column x = 26 between them is background
+    hu[first | second] = 40.0
+    probability = np.where(first | second, 0.95, 0.02).astype(np.float32)
+    candidates = candidates_from_mask(first | second, probability, (1.0, 1.0, 1.0))
+    assert len(candidates) == 2
+    for candidate in candidates:  # each box reaches into the other cube ...
+        z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+        own = candidate.detector_mask
+        other = (first | second)[z0:z1, y0:y1, x0:x1] & ~own
+        assert other.sum() > 100
+        assert not candidate.prior()[other].any()  # ... but its prior is zero there
+    volume = CTVolume.from_lps(hu, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    nodules = Pipeline(refiner=BoxRefiner(sam)).segment(volume, candidates)
+    masks = []
+    for nodule in nodules:
+        full = np.zeros(hu.shape, bool)
+        z0, z1, y0, y1, x0, x1 = nodule.candidate.box_ijk
+        full[z0:z1, y0:y1, x0:x1] = nodule.mask
+        masks.append(full)
+        assert nodule.measurements["voxels"] == full.sum()
+    assert not (masks[0] & masks[1]).any()
+    for full in masks:  # each nodule is one cube, all of it, and none of the other
+        cube = first if (full & first).sum() > (full & second).sum() else second
+        assert not (full & (first | second) & ~cube).any()
+        assert dice(full, cube) > 0.9
