@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 # Relative tolerance on slice gaps before a series counts as unevenly spaced (missing slices).
 SLICE_GAP_TOLERANCE = 0.01
+# What each slice of a DICOM series must carry, and how many numbers.
+REQUIRED_TAGS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2,
+                 "Rows": 1, "Columns": 1}
 
 
 @dataclass
@@ -107,40 +111,30 @@ def read_image_file(path: Path) -> CTVolume:
 
 
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
-    """Read one CT series with pydicom: slices sorted along the slice normal, HU from the rescale."""
+    """Read one CT series with pydicom: slices sorted along the slice normal, HU from the rescale.
+
+    Every slice must carry its geometry (position, orientation, pixel spacing, size) as numbers.
+    Compressed pixel data are decoded by whichever pydicom plugin is installed (GDCM is a
+    dependency); where none is, the message names the transfer syntax.
+    """
     import pydicom
 
-    series = defaultdict(list)
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            header = pydicom.dcmread(file, stop_before_pixels=True)
-        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
-            continue
-        if "ImagePositionPatient" not in header:
-            continue  # not an image slice (e.g. a report or a SEG)
-        series[str(header.get("SeriesInstanceUID", "?"))].append((file, header))
-    if not series:
-        raise NoduleSAMError(f"{folder}: holds no DICOM image slices")
-    if series_uid is None and len(series) > 1:
-        listing = "; ".join(f"{uid} ({len(s)} files, {s[0][1].get('Modality', '?')}, "
-                            f"'{s[0][1].get('SeriesDescription', '')}')" for uid, s in series.items())
-        raise NoduleSAMError(f"{folder}: holds {len(series)} series: {listing}. Choose one with "
-                             "--series UID, or pass the folder of a single series")
-    if series_uid is not None and series_uid not in series:
-        raise NoduleSAMError(f"{folder}: has no series {series_uid}; it has {', '.join(series)}")
-    slices = series[series_uid or next(iter(series))]
-
+    slices = _series_slices(folder, series_uid)
     modality = str(slices[0][1].get("Modality", ""))
     if modality != "CT":
         raise NoduleSAMError(f"{folder}: modality is '{modality}', not CT. NoduleSAM segments "
                              "lung nodules on CT only")
     if len(slices) < 2:
         raise NoduleSAMError(f"{folder}: the series has one slice; NoduleSAM needs a 3D CT")
+    for file, header in slices:
+        for keyword, count in REQUIRED_TAGS.items():
+            _numbers(header, keyword, count, file)
 
-    orientation = np.array(slices[0][1].ImageOrientationPatient, dtype=float)
+    first_file, first = slices[0]
+    orientation = _numbers(first, "ImageOrientationPatient", 6, first_file)
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
-    positions = np.array([np.array(h.ImagePositionPatient, float) for _, h in slices])
+    positions = np.array([_numbers(h, "ImagePositionPatient", 3, f) for f, h in slices])
     order = np.argsort(positions @ normal)
     slices = [slices[i] for i in order]
     positions = positions[order]
@@ -157,21 +151,93 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
             f"{slices[bad][0].name}, typical {slice_gap:.2f} mm): slices are missing or the series "
             "is irregular. Resample it to even spacing first")
 
-    pixel_spacing = np.array(slices[0][1].PixelSpacing, dtype=float)  # (row gap, column gap)
-    hu = np.empty((len(slices), int(slices[0][1].Rows), int(slices[0][1].Columns)), np.float32)
+    pixel_spacing = _numbers(first, "PixelSpacing", 2, first_file)  # (row gap, column gap)
+    shape = tuple(int(_numbers(first, keyword, 1, first_file)[0]) for keyword in ("Rows", "Columns"))
+    hu = np.empty((len(slices),) + shape, np.float32)
     for k, (file, _) in enumerate(slices):
         try:
             ds = pydicom.dcmread(file)
+        except Exception as err:  # pydicom raises many types for broken files
+            raise NoduleSAMError(f"{file}: broken DICOM file ({err})") from None
+        _check_decoder(ds, file)
+        try:
             pixels = ds.pixel_array
         except Exception as err:  # pydicom raises many types for broken pixel data
             raise NoduleSAMError(f"{file}: broken DICOM pixel data ({err})") from None
         if pixels.shape != hu.shape[1:]:
             raise NoduleSAMError(f"{file}: slice is {pixels.shape}, others {hu.shape[1:]}")
-        hu[k] = pixels * float(ds.get("RescaleSlope", 1.0)) + float(ds.get("RescaleIntercept", 0.0))
+        slope = _numbers(ds, "RescaleSlope", 1, file, default=1.0)[0]
+        intercept = _numbers(ds, "RescaleIntercept", 1, file, default=0.0)[0]
+        hu[k] = pixels * slope + intercept
 
     direction = np.column_stack([row_dir, col_dir, normal])
     spacing = (pixel_spacing[1], pixel_spacing[0], slice_gap)
     return CTVolume.from_lps(hu, spacing, positions[0], direction, str(folder))
+
+
+def _series_slices(folder: Path, series_uid: str | None) -> list:
+    """The ``(file, header)`` of each image slice of the one series to read in ``folder``."""
+    import pydicom
+
+    series = defaultdict(list)
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
+            continue
+        # Single-frame images only (not a report, a structure set or a multi-frame SEG). A slice
+        # that lost its position still counts, so that it is reported instead of dropped.
+        if "ImagePositionPatient" in header or ("Rows" in header and
+                                                "PerFrameFunctionalGroupsSequence" not in header):
+            series[str(header.get("SeriesInstanceUID", "?"))].append((file, header))
+    if not series:
+        raise NoduleSAMError(f"{folder}: holds no DICOM image slices")
+    if series_uid is None and len(series) > 1:
+        listing = "; ".join(f"{uid} ({len(s)} files, {s[0][1].get('Modality', '?')}, "
+                            f"'{s[0][1].get('SeriesDescription', '')}')" for uid, s in series.items())
+        raise NoduleSAMError(f"{folder}: holds {len(series)} series: {listing}. Choose one with "
+                             "--series UID, or pass the folder of a single series")
+    if series_uid is not None and series_uid not in series:
+        raise NoduleSAMError(f"{folder}: has no series {series_uid}; it has {', '.join(series)}")
+    return series[series_uid or next(iter(series))]
+
+
+def _numbers(header, keyword: str, count: int, file: Path, default: float | None = None):
+    """The ``count`` finite numbers of DICOM attribute ``keyword``; ``[default]`` when it is absent
+    and a default is given."""
+    value = header.get(keyword)
+    if value is None or value == "":
+        if default is not None:
+            return np.array([default])
+        raise NoduleSAMError(f"{file}: has no {keyword}, which NoduleSAM needs on every slice to "
+                             "place it in 3D. Export the series again with its geometry tags")
+    values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    try:
+        numbers = np.array([float(v) for v in values])
+    except (TypeError, ValueError):
+        numbers = np.array([])
+    if len(numbers) != count or not np.all(np.isfinite(numbers)):
+        raise NoduleSAMError(f"{file}: {keyword} is {str(value)!r}, not {count} number(s): the file "
+                             "is damaged or was edited. Export the series again")
+    return numbers
+
+
+def _check_decoder(ds, file: Path) -> None:
+    """Refuse compressed pixel data that no installed pydicom plugin decodes, naming the syntax."""
+    from pydicom.pixels import get_decoder
+
+    uid = ds.file_meta.get("TransferSyntaxUID")
+    if uid is None or not uid.is_transfer_syntax or not uid.is_compressed:
+        return
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise NoduleSAMError(f"{file}: pixel data are {uid.name} ({uid}), which no DICOM decoder "
+                             "NoduleSAM uses can read; convert the series to an uncompressed or "
+                             "lossless transfer syntax (e.g. gdcmconv --raw)") from None
+    if not decoder.is_available:
+        raise NoduleSAMError(f"{file}: pixel data are {uid.name} ({uid}): no decoder installed; "
+                             f"install one: {'; '.join(decoder.missing_dependencies)}")
 
 
 def check_ct(volume: CTVolume) -> None:

@@ -87,6 +87,40 @@ def test_broken_pixel_data(series_0001, tmp_path):
     expect_error(tmp_path / "broken", files[2].name, "broken DICOM")
 
 
+def edit_slice(file, **values):
+    """Rewrite one DICOM file with attributes changed (None deletes one)."""
+    ds = pydicom.dcmread(file)
+    for keyword, value in values.items():
+        if value is None:
+            del ds[keyword]
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(file)
+
+
+@pytest.mark.parametrize("keyword", ["PixelSpacing", "ImageOrientationPatient",
+                                     "ImagePositionPatient", "Rows", "Columns"])
+def test_missing_geometry_tag_is_one_line_error(series_0001, tmp_path, keyword):
+    files = copy_slices(series_0001, tmp_path / "s")
+    # the last slice: without its position it used to be dropped silently (5 slices read)
+    edit_slice(files[-1], **{keyword: None})
+    expect_error(tmp_path / "s", files[-1].name, f"has no {keyword}", "Export the series again")
+
+
+def test_empty_or_non_numeric_geometry_is_one_line_error(series_0001, tmp_path):
+    files = copy_slices(series_0001, tmp_path / "empty")
+    edit_slice(files[2], PixelSpacing="")
+    expect_error(tmp_path / "empty", files[2].name, "has no PixelSpacing")
+    files = copy_slices(series_0001, tmp_path / "two")
+    edit_slice(files[2], ImagePositionPatient=[-166.0, -171.7])
+    expect_error(tmp_path / "two", files[2].name, "ImagePositionPatient is", "not 3 number(s)")
+    files = copy_slices(series_0001, tmp_path / "text")
+    data = files[2].read_bytes()  # pydicom refuses to write a non-number into a DS attribute
+    assert data.count(b"0.703125\\0.703125 ") == 1
+    files[2].write_bytes(data.replace(b"0.703125\\0.703125 ", b"abc\\0.703125      "))
+    expect_error(tmp_path / "text", files[2].name, "PixelSpacing is", "not 2 number(s)")
+
+
 def test_one_slice_and_empty_folder(series_0001, tmp_path):
     copy_slices(series_0001, tmp_path / "one", count=1)
     expect_error(tmp_path / "one", "one slice")
