@@ -105,9 +105,33 @@ def read_image_file(path: Path) -> CTVolume:
                              "per voxel; a CT has one (grey values in HU)")
     if image.GetDimension() != 3:
         raise NoduleSAMError(f"{path}: is a {image.GetDimension()}D image; NoduleSAM needs a 3D CT")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _refuse_non_finite_nifti(path)
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     return CTVolume.from_lps(hu, image.GetSpacing(), image.GetOrigin(), direction, str(path))
+
+
+def _refuse_non_finite_nifti(path: Path) -> None:
+    """ITK's NIfTI reader turns NaN and infinite voxels into 0 HU (soft tissue, silently): look at
+    the values stored in the file instead. Only floating-point files can hold them."""
+    import nibabel
+
+    try:
+        image = nibabel.load(path)
+        if not np.issubdtype(image.header.get_data_dtype(), np.floating):
+            return
+        stored = np.asanyarray(image.dataobj.get_unscaled())
+    except Exception as err:  # nibabel raises many types for damaged files
+        raise NoduleSAMError(f"{path}: cannot read the image data ({err})") from None
+    _refuse_non_finite(stored, str(path))
+
+
+def _refuse_non_finite(values: np.ndarray, name: str) -> None:
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise NoduleSAMError(f"{name}: {bad} voxel(s) are NaN or infinite; a CT holds finite HU. "
+                             "Fill them (e.g. with -1000 HU, air) before segmenting")
 
 
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
@@ -250,8 +274,7 @@ def check_ct(volume: CTVolume) -> None:
     if min(hu.shape) < 2:
         raise NoduleSAMError(f"{name}: has shape {hu.shape} (z, y, x): a 2D image. "
                              "NoduleSAM needs a 3D CT")
-    if not np.all(np.isfinite(hu)):
-        raise NoduleSAMError(f"{name}: contains NaN or infinite values")
+    _refuse_non_finite(hu, name)
     lo, hi = float(hu.min()), float(hu.max())
     if lo == hi:
         raise NoduleSAMError(f"{name}: is constant ({lo}); there is nothing to segment")

@@ -145,9 +145,6 @@ def test_image_files_round_trip_and_bad_content(tmp_path):
         np.testing.assert_allclose(volume.spacing_zyx_mm, (2.5, 0.7, 0.7))
     expect_error(write_image(tmp_path / "slice.nrrd", hu[0]), "2D image")
     expect_error(write_image(tmp_path / "thin.nrrd", hu[:1]), "2D image")
-    nan = hu.astype(np.float32)
-    nan[1, 2, 3] = np.nan
-    expect_error(write_image(tmp_path / "nan.nrrd", nan), "NaN")
     expect_error(write_image(tmp_path / "flat.mha", np.full((4, 8, 8), -1000, np.int16)), "constant")
     mr_like = rng.integers(0, 3000, size=(4, 16, 16)).astype(np.int16)
     expect_error(write_image(tmp_path / "mr.nrrd", mr_like), "Hounsfield", "another modality")
@@ -155,6 +152,33 @@ def test_image_files_round_trip_and_bad_content(tmp_path):
     expect_error(tmp_path / "notes.txt", "not a DICOM folder")
     (tmp_path / "garbage.nrrd").write_bytes(b"NRRD0004\nnonsense")
     expect_error(tmp_path / "garbage.nrrd", "cannot read")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxels_are_refused(tmp_path, suffix, bad):
+    """ITK's NIfTI reader turns NaN and infinity into 0 (checked here), so the file itself is
+    read; NRRD and MHA keep them and check_ct sees them."""
+    hu = np.random.default_rng(0).integers(-1024, 400, size=(4, 16, 16)).astype(np.float32)
+    hu[1, 2, 3] = bad
+    path = write_image(tmp_path / f"ct{suffix}", hu)
+    through_itk = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert np.isfinite(through_itk[1, 2, 3]) == suffix.startswith(".nii")
+    expect_error(path, "1 voxel(s) are NaN or infinite", "Fill them")
+
+
+def test_nifti_written_by_nibabel_with_nan(tmp_path):
+    import nibabel
+
+    hu = np.full((16, 16, 4), -1000, np.float64)  # nibabel's axes are (i, j, k)
+    hu[:8] = 40
+    hu[3, 4, 1] = hu[5, 5, 2] = np.nan
+    nibabel.save(nibabel.Nifti1Image(hu, np.diag([-0.7, -0.7, 2.5, 1])), tmp_path / "ct.nii.gz")
+    expect_error(tmp_path / "ct.nii.gz", "2 voxel(s) are NaN")
+    hu[3, 4, 1] = hu[5, 5, 2] = -1000
+    nibabel.save(nibabel.Nifti1Image(hu.astype(np.int16), np.diag([-0.7, -0.7, 2.5, 1])),
+                 tmp_path / "int.nii.gz")
+    assert read_ct(tmp_path / "int.nii.gz").hu.shape == (4, 16, 16)
 
 
 def test_check_ct_rejects_empty_and_window():
