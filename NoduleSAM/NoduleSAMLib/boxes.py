@@ -19,6 +19,7 @@ MIN_VOLUME_MM3 = 15.0   # a 3 mm sphere is 14 mm3; LIDC counts nodules from 3 mm
 EXPANSION = 0.0         # each side of a prompt box moves out by this fraction of the box size ...
 PAD_PX = 2.0            # ... plus this many pixels
 MIN_DEPTH_RATIO = 0.35  # drop detections much thinner in z than wide (see round_enough)
+DENSE_HU = -500.0       # nodule tissue for the depth of a detection (depth_ratio)
 
 
 @dataclass
@@ -166,19 +167,40 @@ def in_lungs(candidates: list[Candidate], lungs: np.ndarray, min_fraction: float
     return number_candidates(kept)
 
 
-def depth_ratio(candidate: Candidate, spacing_zyx_mm) -> float:
-    """Depth over width of a candidate's detector mask: (slices it spans x slice spacing) over its
-    largest in-plane extent, both in mm. About 1 for a round nodule seen on every slice it crosses."""
+def depth_ratio(candidate: Candidate, spacing_zyx_mm, hu: np.ndarray | None = None,
+                dense_hu: float = DENSE_HU) -> float:
+    """Depth over width of a candidate: the slices it spans times the slice spacing, over its
+    detector mask's largest in-plane extent, both in mm. About 1 for a round nodule seen on every
+    slice it crosses.
+
+    hu: the volume (``[z, y, x]``). With it, the depth also counts the slices next to the
+    detection where the CT is still dense (above ``dense_hu``) over most of the detection's
+    footprint, so a nodule the detector found on one of its four slices keeps its real depth,
+    while a vessel lying in the slice plane, whose neighbours are lung, stays flat.
+    """
     mask = candidate.detector_mask
     sz, sy, sx = (float(v) for v in spacing_zyx_mm)
-    ys, xs = np.nonzero(mask.any(axis=0))
-    depth = mask.any(axis=(1, 2)).sum() * sz
+    footprint = mask.any(axis=0)
+    ys, xs = np.nonzero(footprint)
     width = max((ys.max() - ys.min() + 1) * sy, (xs.max() - xs.min() + 1) * sx)
-    return float(depth / width)
+    present = np.flatnonzero(mask.any(axis=(1, 2))) + candidate.box_ijk[0]
+    first, last = int(present[0]), int(present[-1])
+    if hu is not None:
+        z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+
+        def dense(z: int) -> bool:
+            return 0 <= z < hu.shape[0] and (hu[z, y0:y1, x0:x1][footprint] > dense_hu).mean() >= 0.5
+
+        reach = int(np.ceil(width / sz))  # beyond this the ratio is 1 or more anyway
+        while first > present[0] - reach and dense(first - 1):
+            first -= 1
+        while last < present[-1] + reach and dense(last + 1):
+            last += 1
+    return float((last - first + 1) * sz / width)
 
 
 def round_enough(candidates: list[Candidate], spacing_zyx_mm, min_ratio: float,
-                 n_slices: int | None = None) -> list[Candidate]:
+                 n_slices: int | None = None, hu: np.ndarray | None = None) -> list[Candidate]:
     """The candidates whose ``depth_ratio`` is at least ``min_ratio``, renumbered.
 
     A round nodule as wide as a flat detection would cross more slices. On LIDC-IDRI-0001 and
@@ -194,6 +216,6 @@ def round_enough(candidates: list[Candidate], spacing_zyx_mm, min_ratio: float,
             present = np.flatnonzero(c.detector_mask.any(axis=(1, 2))) + c.box_ijk[0]
             if present.size and (present[0] == 0 or present[-1] == n_slices - 1):
                 return False
-        return depth_ratio(c, spacing_zyx_mm) < min_ratio
+        return depth_ratio(c, spacing_zyx_mm, hu) < min_ratio
 
     return number_candidates([c for c in candidates if not judged_flat(c)])

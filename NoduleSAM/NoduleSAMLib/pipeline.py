@@ -141,7 +141,7 @@ class Pipeline:
             current = stages["in_lungs"] = boxes_mod.in_lungs(current, lungs, self.min_in_lungs)
         if self.min_depth_ratio > 0:
             current = stages["not_flat"] = boxes_mod.round_enough(current, spacing, self.min_depth_ratio,
-                                                                  volume.hu.shape[0])
+                                                                  volume.hu.shape[0], volume.hu)
         if with_blobs:
             found = blob_candidates(volume.hu, spacing, lungs, avoid=detection.mask, pad_px=self.pad_px)
             current = stages["with_blobs"] = current + found

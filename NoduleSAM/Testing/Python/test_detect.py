@@ -167,6 +167,29 @@ def test_flat_detections_are_dropped_round_ones_kept():
     assert len(round_enough(candidates, (2.5, 0.7, 0.7), 0.35)) == 1
 
 
+def test_the_flat_filter_keeps_a_nodule_detected_on_one_of_its_slices():
+    """A 10 mm nodule on 2.5 mm slices crosses 4 slices; the detector found it on one. The CT
+    gives it back its depth; a vessel lying in the slice plane, found on one slice, stays flat."""
+    from NoduleSAMLib.boxes import depth_ratio, round_enough
+
+    spacing = (2.5, 0.7, 0.7)
+    zz, yy, xx = np.mgrid[:12, :80, :80]
+    z_mm, y_mm, x_mm = (zz - 5.5) * 2.5, yy * 0.7, xx * 0.7
+    nodule = (z_mm ** 2 + (y_mm - 14) ** 2 + (x_mm - 14) ** 2) <= 5.0 ** 2  # 10 mm ball
+    vessel = ((z_mm - 1.25) ** 2 + (y_mm - 40) ** 2 <= 1.5 ** 2) & (x_mm > 20) & (x_mm < 50)
+    hu = np.where(nodule | vessel, 30.0, -850.0).astype(np.float32)
+    detected = np.zeros(hu.shape, bool)
+    detected[6] = nodule[6] | vessel[6]  # one slice of each
+    candidates = candidates_from_mask(detected, detected * 0.9, spacing, min_volume_mm3=1)
+    ball, tube = sorted(candidates, key=lambda c: c.box_ijk[4])
+    assert depth_ratio(ball, spacing) < 0.35  # the mask alone: one slice, judged flat
+    # the CT: the two middle slices are dense over most of the detection (the caps are smaller)
+    assert depth_ratio(ball, spacing, hu) == pytest.approx(2 * 2.5 / (13 * 0.7))
+    assert depth_ratio(tube, spacing, hu) < 0.35  # 3 mm thick over 30 mm long
+    kept = round_enough(candidates, spacing, 0.35, n_slices=12, hu=hu)
+    assert [c.box_ijk for c in kept] == [ball.box_ijk]
+
+
 def test_in_distribution_bundled_detector_on_a_whole_ct_and_the_flat_filter(
         bundled_detector, ct_0001, reference_0001):
     """The shipped detector on all 133 slices of LIDC-IDRI-0001. That scan trained the detector,
