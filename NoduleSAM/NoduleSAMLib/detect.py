@@ -36,7 +36,7 @@ def _read_json(path: Path, folder: Path) -> dict:
         raise NoduleSAMError(f"{path}: broken JSON ({err})") from None
 
 
-def _load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path) -> dict:
     """nnU-Net checkpoints hold numpy scalars in their logs; allow exactly those, nothing else."""
     import torch
 
@@ -84,7 +84,7 @@ class Detector:
             pinned = card.get("sha256", {}).get(f"fold_{fold}/{checkpoint_name}")
             if pinned:
                 verify_file(path, pinned)
-            checkpoint = _load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
             if "network_weights" not in checkpoint:
                 raise NoduleSAMError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
             first = first or checkpoint

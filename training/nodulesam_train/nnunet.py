@@ -394,10 +394,11 @@ def package_model(results_folder: str | Path, dest: str | Path, fold: int = 0,
     name, mirroring axes, init args only; loads with ``torch.load(..., weights_only=True)``) and
     ``model.json`` (configuration, plans identifier, folds, checkpoint name, SHA-256)."""
     import torch
+    from NoduleSAMLib.detect import load_checkpoint
 
     results_folder, dest = Path(results_folder), Path(dest)
     src_ckpt = results_folder / f"fold_{fold}" / checkpoint
-    ckpt = torch.load(src_ckpt, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(src_ckpt)  # weights only, numpy scalars allowlisted: never arbitrary code
     weights = {k: (v.detach().to(torch.float16) if torch.is_floating_point(v) else v.detach()).contiguous()
                for k, v in ckpt["network_weights"].items()}
     mirror = ckpt.get("inference_allowed_mirroring_axes")

@@ -224,12 +224,12 @@ def run(args, voi: bool = False) -> Path | None:
     # 5. train
     init_weights = None
     if args.init_from and not voi:
-        from NoduleSAMLib.detect import _load_checkpoint
+        from NoduleSAMLib.detect import load_checkpoint
         from NoduleSAMLib.models import detector_folder
 
         source = detector_folder(args.init_from)
         meta = json.loads((source / "model.json").read_text())
-        init_weights = _load_checkpoint(source / "fold_0" / meta["checkpoint"])["network_weights"]
+        init_weights = load_checkpoint(source / "fold_0" / meta["checkpoint"])["network_weights"]
         log(f"initial weights: {source}")
     results = nnunet.train(ds_id, plans_id, epochs, iters, val_iters, device=args.device, resume=True,
                            initial_lr=args.lr, oversample_foreground=args.oversample,

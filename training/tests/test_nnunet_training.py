@@ -100,6 +100,24 @@ def test_tiny_nnunet_training_end_to_end(nnunet_env, tmp_path):
     assert meta["sha256"]["fold_0/checkpoint_final.pth"] == nnunet.sha256_file(ck_path)
     assert json.loads((dest / "plans.json").read_text())["plans_name"] == "nnUNetPlans_tiny"
 
+    # a results folder whose checkpoint runs code when unpickled is refused, and nothing runs
+    import shutil
+
+    from NoduleSAMLib.errors import NoduleSAMError
+
+    evil = tmp_path / "evil_results"
+    shutil.copytree(results, evil)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"network_weights": {}, "trainer_name": Payload()}, evil / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(NoduleSAMError, match="weights-only"):
+        nnunet.package_model(evil, tmp_path / "evil_packaged")
+    assert not marker.exists()
+
     # nnU-Net's own predictor loads the stripped folder and runs on a slice
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 

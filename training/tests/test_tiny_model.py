@@ -23,10 +23,10 @@ def quick_settings(**changes):
 def weights(packaged):
     import json
 
-    from NoduleSAMLib.detect import _load_checkpoint
+    from NoduleSAMLib.detect import load_checkpoint
 
     card = json.loads((packaged / "model.json").read_text())
-    return _load_checkpoint(packaged / "fold_0" / card["checkpoint"])["network_weights"]
+    return load_checkpoint(packaged / "fold_0" / card["checkpoint"])["network_weights"]
 
 
 def test_two_trainings_in_fresh_folders_give_identical_weights(tmp_path):
