@@ -1,6 +1,7 @@
 """Read a chest CT (DICOM series, NRRD, NIfTI, MHA) into HU with its geometry, and check it."""
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,6 +18,18 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 # Relative tolerance on slice gaps before a series counts as unevenly spaced (missing slices).
 SLICE_GAP_TOLERANCE = 0.01
+# Largest difference of direction cosines between the slices of one series (about 0.06 deg).
+ORIENTATION_TOLERANCE = 1e-3
+# Largest drift of slice positions off the slice normal over a series, in pixels, before it counts
+# as gantry tilt (the slices are sheared, not stacked).
+TILT_TOLERANCE_PX = 0.1
+# The detector and the diameters work on axial slices: a volume whose slice normal is further
+# than this from the LPS z axis (after any permutation of its axes) is refused as oblique, one
+# further than OBLIQUE_WARNING_DEG is read with a warning.
+MAX_OBLIQUE_DEG = 30.0
+OBLIQUE_WARNING_DEG = 5.0
+# Slices further apart than this get a warning: small nodules may fall between them.
+THICK_SLICES_MM = 3.0
 # What each slice of a DICOM series must carry, and how many numbers.
 REQUIRED_TAGS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2,
                  "Rows": 1, "Columns": 1}
@@ -89,6 +102,8 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> CTVolume:
         volume = read_image_file(path)
     else:
         raise NoduleSAMError(f"{path}: not a DICOM folder nor one of {', '.join(IMAGE_SUFFIXES)}")
+    if volume.hu.ndim == 3:
+        volume = reorient_to_axial(volume)
     check_ct(volume)
     return volume
 
@@ -155,13 +170,13 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
             _numbers(header, keyword, count, file)
 
     first_file, first = slices[0]
-    orientation = _numbers(first, "ImageOrientationPatient", 6, first_file)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
+    row_dir, col_dir, normal = _slice_axes(slices, folder)
     positions = np.array([_numbers(h, "ImagePositionPatient", 3, f) for f, h in slices])
     order = np.argsort(positions @ normal)
     slices = [slices[i] for i in order]
     positions = positions[order]
+    pixel_spacing = _numbers(first, "PixelSpacing", 2, first_file)  # (row gap, column gap)
+    _refuse_gantry_tilt(positions, normal, float(pixel_spacing.min()), folder)
     gaps = np.diff(positions @ normal)
     if np.any(gaps < 1e-3):
         dup = slices[int(np.argmin(gaps)) + 1][0].name
@@ -175,7 +190,6 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
             f"{slices[bad][0].name}, typical {slice_gap:.2f} mm): slices are missing or the series "
             "is irregular. Resample it to even spacing first")
 
-    pixel_spacing = _numbers(first, "PixelSpacing", 2, first_file)  # (row gap, column gap)
     shape = tuple(int(_numbers(first, keyword, 1, first_file)[0]) for keyword in ("Rows", "Columns"))
     hu = np.empty((len(slices),) + shape, np.float32)
     for k, (file, _) in enumerate(slices):
@@ -226,6 +240,42 @@ def _series_slices(folder: Path, series_uid: str | None) -> list:
     return series[series_uid or next(iter(series))]
 
 
+def _slice_axes(slices: list, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row, column and normal unit vectors (LPS) of a series whose slices all share them."""
+    orientations = np.array([_numbers(h, "ImageOrientationPatient", 6, f) for f, h in slices])
+    differs = np.abs(orientations - orientations[0]).max(axis=1) > ORIENTATION_TOLERANCE
+    if differs.any():
+        other = slices[int(np.argmax(differs))][0].name
+        raise NoduleSAMError(f"{folder}: slices are not all oriented alike ({other} differs from "
+                             f"{slices[0][0].name} in ImageOrientationPatient): the folder mixes "
+                             "acquisitions or reformats. Pass a folder with one series")
+    row_dir, col_dir = orientations[0, :3], orientations[0, 3:]
+    lengths = np.linalg.norm(row_dir), np.linalg.norm(col_dir)
+    if abs(lengths[0] - 1) > 0.01 or abs(lengths[1] - 1) > 0.01 or abs(row_dir @ col_dir) > 0.01:
+        raise NoduleSAMError(f"{slices[0][0]}: ImageOrientationPatient {orientations[0].tolist()} "
+                             "is not two perpendicular unit vectors: the file is damaged")
+    row_dir, col_dir = row_dir / lengths[0], col_dir / lengths[1]
+    normal = np.cross(row_dir, col_dir)
+    return row_dir, col_dir, normal / np.linalg.norm(normal)
+
+
+def _refuse_gantry_tilt(positions: np.ndarray, normal: np.ndarray, pixel_mm: float,
+                        folder: Path) -> None:
+    """Refuse slices (sorted along ``normal``) whose positions drift sideways: a gantry tilt
+    shears the stack, and stacking the slices as if they were aligned would misplace every voxel
+    by up to that drift."""
+    offsets = positions - positions[0]
+    along = offsets @ normal
+    drift = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    if drift.max() > TILT_TOLERANCE_PX * pixel_mm:
+        tilt_deg = np.degrees(np.arctan2(drift[-1], along[-1]))
+        raise NoduleSAMError(
+            f"{folder}: slice positions drift {drift.max():.1f} mm off the slice normal (gantry "
+            f"tilt of about {tilt_deg:.1f} deg, or slices from different acquisitions); NoduleSAM "
+            "does not resample. Load the series in 3D Slicer's DICOM module with 'Acquisition "
+            "geometry regularization' on, harden the transform, save it as NRRD and segment that")
+
+
 def _numbers(header, keyword: str, count: int, file: Path, default: float | None = None):
     """The ``count`` finite numbers of DICOM attribute ``keyword``; ``[default]`` when it is absent
     and a default is given."""
@@ -264,8 +314,59 @@ def _check_decoder(ds, file: Path) -> None:
                              f"install one: {'; '.join(decoder.missing_dependencies)}")
 
 
+PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}  # the plane normal to LPS x, y, z
+
+
+def axial_axes(ijk_to_lps: np.ndarray) -> tuple[tuple[int, int, int], float]:
+    """Which voxel axis lies closest to each of LPS x, y, z, and the angle (degrees) of the slice
+    plane's normal from z once k is that closest to z.
+
+    Returns ``(axes, oblique_deg)``: ``axes[a]`` is the voxel axis (0 = i, 1 = j, 2 = k) that
+    best follows LPS axis ``a``; ``(0, 1, 2)`` for an axial volume.
+    """
+    direction = ijk_to_lps[:3, :3] / np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    axes = max(itertools.permutations(range(3)),
+               key=lambda p: sum(abs(direction[a, p[a]]) for a in range(3)))
+    normal = np.cross(direction[:, axes[0]], direction[:, axes[1]])
+    cosines = [abs(normal[2]) / np.linalg.norm(normal), abs(direction[2, axes[2]])]
+    return axes, float(np.degrees(np.arccos(np.clip(min(cosines), 0.0, 1.0))))
+
+
+def reorient_to_axial(volume: CTVolume) -> CTVolume:
+    """The same voxels with k along S/I, i along L/R and j along A/P, when the volume's axes need
+    permuting for that (a coronal or sagittal acquisition, a transposed axial one): no
+    interpolation, and ``ijk_to_ras`` still maps every voxel to where it was. The permuted axes
+    also point as in a supine, head-first axial DICOM series (L, P, S). An axial volume is
+    returned unchanged (its voxel order is what a --boxes file or a label map refers to).
+    """
+    axes, _ = axial_axes(volume.ijk_to_lps)
+    if axes == (0, 1, 2):
+        return volume
+    ijk_to_lps = volume.ijk_to_lps
+    lps = np.eye(4)
+    lps[:3, :3] = ijk_to_lps[:3, list(axes)]
+    lps[:3, 3] = ijk_to_lps[:3, 3]
+    hu = np.transpose(volume.hu, [2 - axes[2], 2 - axes[1], 2 - axes[0]])  # arrays are [k, j, i]
+    flipped = []
+    for a in range(3):
+        if lps[a, a] < 0:
+            lps[:3, 3] += (hu.shape[2 - a] - 1) * lps[:3, a]
+            lps[:3, a] *= -1
+            hu = np.flip(hu, axis=2 - a)
+            flipped.append("ijk"[a])
+    plane = PLANES[int(np.argmax(np.abs(volume.direction_lps[:, 2])))]
+    plane = "transposed axial" if plane == "axial" else plane
+    warning = (f"reoriented from {plane} to axial slices (voxel axes permuted"
+               + (f", {' and '.join(flipped)} flipped" if flipped else "") + "; no interpolation): "
+               "voxel indices (--boxes, the report's ijk) refer to the axial volume")
+    return CTVolume(np.ascontiguousarray(hu), RAS_FROM_LPS @ lps, volume.source,
+                    volume.warnings + [warning])
+
+
 def check_ct(volume: CTVolume) -> None:
-    """Refuse volumes NoduleSAM cannot segment: not 3D, empty, NaN, constant, not in HU."""
+    """Refuse volumes NoduleSAM cannot segment: not 3D, empty, NaN, constant, not in HU, not
+    axial (see :func:`reorient_to_axial`) or oblique; add warnings for slightly oblique and thick
+    slices to ``volume.warnings``."""
     hu, name = volume.hu, volume.source or "volume"
     if hu.ndim != 3:
         raise NoduleSAMError(f"{name}: is {hu.ndim}D; NoduleSAM needs a 3D CT")
@@ -283,6 +384,25 @@ def check_ct(volume: CTVolume) -> None:
             f"{name}: values {lo:.0f}..{hi:.0f} do not look like a CT in Hounsfield units "
             "(air should be near -1000 HU). Is it another modality, or a CT saved without its "
             "rescale slope/intercept?")
+    axes, oblique_deg = axial_axes(volume.ijk_to_lps)
+    if axes != (0, 1, 2):
+        plane = PLANES[int(np.argmax(np.abs(volume.direction_lps[:, 2])))]
+        raise NoduleSAMError(f"{name}: slices are {plane}, not axial; NoduleSAM detects and "
+                             "measures on axial slices. Reorient it to axial first (in 3D Slicer: "
+                             "the Orient Scalar Volume module; the nodulesam command does it)")
+    if oblique_deg > MAX_OBLIQUE_DEG:
+        raise NoduleSAMError(f"{name}: slices are {oblique_deg:.0f} deg from axial (oblique, "
+                             f"more than {MAX_OBLIQUE_DEG:.0f}); NoduleSAM detects and measures on "
+                             "axial slices. Resample it to axial first (e.g. 3D Slicer's Resample "
+                             "Scalar Volume onto an axial grid)")
+    warnings = []
+    if oblique_deg > OBLIQUE_WARNING_DEG:
+        warnings.append(f"slices are {oblique_deg:.0f} deg from axial: diameters are measured in "
+                        "the slice plane")
+    if volume.spacing_zyx_mm[0] > THICK_SLICES_MM:
+        warnings.append(f"slices are {volume.spacing_zyx_mm[0]:.1f} mm apart: nodules smaller "
+                        "than that may be missed and volumes are coarse")
+    volume.warnings.extend(w for w in warnings if w not in volume.warnings)
 
 
 def window(hu: np.ndarray, lo_hu: float, hi_hu: float) -> np.ndarray:

@@ -121,6 +121,109 @@ def test_empty_or_non_numeric_geometry_is_one_line_error(series_0001, tmp_path):
     expect_error(tmp_path / "text", files[2].name, "PixelSpacing is", "not 2 number(s)")
 
 
+def test_mixed_orientations_are_refused(series_0001, tmp_path):
+    files = copy_slices(series_0001, tmp_path / "s")
+    tilt = np.radians(5)
+    edit_slice(files[3], ImageOrientationPatient=[1, 0, 0, 0, np.cos(tilt), np.sin(tilt)])
+    expect_error(tmp_path / "s", "not all oriented alike", files[3].name, "one series")
+
+
+def test_gantry_tilt_is_refused(series_0001, tmp_path):
+    files = copy_slices(series_0001, tmp_path / "tilt")
+    for k, file in enumerate(files):  # a 15 deg tilt about x: each slice 2.5 * tan(15) mm further
+        ds = pydicom.dcmread(file)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + k * 2.5 * np.tan(np.radians(15)), z]
+        ds.save_as(file)
+    expect_error(tmp_path / "tilt", "gantry tilt of about 15.0 deg", "Acquisition geometry "
+                 "regularization")
+    files = copy_slices(series_0001, tmp_path / "rounding")
+    for k, file in enumerate(files):  # positions rounded differently: far below a pixel
+        ds = pydicom.dcmread(file)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x + 0.004 * (k % 2), y, z]
+        ds.save_as(file)
+    assert read_ct(tmp_path / "rounding").hu.shape == (6, 512, 512)
+
+
+def write_volume(path, hu_zyx, spacing_ijk, origin_lps, direction_lps):
+    image = sitk.GetImageFromArray(np.ascontiguousarray(hu_zyx))
+    image.SetSpacing([float(s) for s in spacing_ijk])
+    image.SetOrigin([float(o) for o in origin_lps])
+    image.SetDirection(np.asarray(direction_lps, float).ravel().tolist())
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def axial_block(ct_0001):
+    """A real 12 x 40 x 56 block of LIDC-IDRI-0001 (axial, identity direction in LPS)."""
+    from NoduleSAMLib.geometry import apply_matrix
+
+    hu = ct_0001.hu[60:72, 300:340, 250:306].astype(np.int16)
+    ijk_to_ras = ct_0001.ijk_to_ras.copy()
+    ijk_to_ras[:3, 3] = apply_matrix(ct_0001.ijk_to_ras, [250, 300, 60])
+    return CTVolume(hu.astype(np.float32), ijk_to_ras, "block")
+
+
+def test_coronal_and_sagittal_volumes_are_reoriented_exactly(axial_block, tmp_path):
+    """The block written as a coronal and as a sagittal acquisition (the slice axes of DICOM's
+    conventions) reads back as the same axial voxels at the same places."""
+    hu, (sx, sy, sz), origin = axial_block.hu, axial_block.spacing_ijk_mm, axial_block.origin_lps_mm
+    nz, ny, nx = hu.shape
+    top = origin + [0, 0, (nz - 1) * sz]
+    # coronal: i = +x, j = -z (top row first), k = +y; array [k, j, i] = [y, nz-1-z, x]
+    coronal = np.transpose(hu, (1, 0, 2))[:, ::-1, :].astype(np.int16)
+    write_volume(tmp_path / "coronal.nrrd", coronal, (sx, sz, sy), top,
+                 np.column_stack([[1, 0, 0], [0, 0, -1], [0, 1, 0]]))
+    # sagittal: i = +y, j = -z, k = -x; array [k, j, i] = [nx-1-x, nz-1-z, y]
+    sagittal = np.transpose(hu, (2, 0, 1))[::-1, ::-1, :].astype(np.int16)
+    write_volume(tmp_path / "sagittal.nii.gz", sagittal, (sy, sz, sx), top + [(nx - 1) * sx, 0, 0],
+                 np.column_stack([[0, 1, 0], [0, 0, -1], [-1, 0, 0]]))
+    for name, plane in (("coronal.nrrd", "coronal"), ("sagittal.nii.gz", "sagittal")):
+        volume = read_ct(tmp_path / name)
+        np.testing.assert_array_equal(volume.hu, hu)
+        np.testing.assert_allclose(volume.ijk_to_ras, axial_block.ijk_to_ras, atol=1e-4)
+        assert volume.warnings[0].startswith(f"reoriented from {plane} to axial slices")
+        image = sitk.ReadImage(str(tmp_path / name))  # as stored: what Slicer would hold
+        as_stored = CTVolume.from_lps(sitk.GetArrayFromImage(image), image.GetSpacing(),
+                                      image.GetOrigin(), np.reshape(image.GetDirection(), (3, 3)))
+        with pytest.raises(NoduleSAMError, match=f"slices are {plane}, not axial.*Orient Scalar"):
+            check_ct(as_stored)
+    axial = read_ct(write_volume(tmp_path / "axial.nrrd", hu.astype(np.int16), (sx, sy, sz),
+                                 origin, np.eye(3)))
+    assert axial.warnings == [] and np.array_equal(axial.hu, hu)
+
+
+def rotation_about_x(degrees):
+    a = np.radians(degrees)
+    return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+
+def test_oblique_volumes_warned_or_refused(axial_block, tmp_path):
+    hu = axial_block.hu.astype(np.int16)
+    slight = read_ct(write_volume(tmp_path / "slight.nrrd", hu, (0.7, 0.7, 2.5), (0, 0, 0),
+                                  rotation_about_x(12)))
+    assert slight.warnings == ["slices are 12 deg from axial: diameters are measured in the "
+                               "slice plane"]
+    expect_error(write_volume(tmp_path / "oblique.nrrd", hu, (0.7, 0.7, 2.5), (0, 0, 0),
+                              rotation_about_x(40)), "40 deg from axial", "Resample")
+    # 70 deg from axial is 20 deg from coronal: reoriented, then warned
+    steep = read_ct(write_volume(tmp_path / "steep.nrrd", hu, (0.7, 0.7, 2.5), (0, 0, 0),
+                                 rotation_about_x(70)))
+    assert steep.warnings[0].startswith("reoriented from coronal")
+    assert steep.warnings[1].startswith("slices are 20 deg from axial")
+
+
+def test_thick_slices_are_warned(axial_block, tmp_path):
+    volume = read_ct(write_volume(tmp_path / "thick.nrrd", axial_block.hu.astype(np.int16),
+                                  (0.7, 0.7, 5.0), (0, 0, 0), np.eye(3)))
+    assert volume.warnings == ["slices are 5.0 mm apart: nodules smaller than that may be "
+                               "missed and volumes are coarse"]
+    check_ct(volume)  # a second check adds nothing
+    assert len(volume.warnings) == 1
+
+
 def test_one_slice_and_empty_folder(series_0001, tmp_path):
     copy_slices(series_0001, tmp_path / "one", count=1)
     expect_error(tmp_path / "one", "one slice")
