@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -76,6 +77,31 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="context around the box in the refiner's crop, px (default: %(default)s)")
 
 
+def parse_folds(text: str) -> tuple:
+    """``--folds``: comma-separated fold numbers, or ``all``."""
+    if str(text).strip() == "all":
+        return ("all",)
+    folds = []
+    for part in str(text).split(","):
+        if not part.strip().isdigit():
+            raise NoduleSAMError(f"--folds {text}: '{part}' is not a fold number; give fold "
+                                 "numbers such as 0 or 0,1,2, or all")
+        folds.append(int(part))
+    return tuple(folds)
+
+
+def check_options(args) -> None:
+    """Option values that can be checked without loading anything."""
+    parse_folds(args.folds)
+    for name in ("min_volume", "min_in_lungs", "min_depth_ratio", "expansion", "pad_px",
+                 "detector_weight"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0:
+            raise NoduleSAMError(f"--{name.replace('_', '-')} {value}: must be a number >= 0")
+    if args.crop_margin < 0:
+        raise NoduleSAMError(f"--crop-margin {args.crop_margin}: must be >= 0")
+
+
 def build_pipeline(args, need_detector: bool):
     """A Pipeline from command-line options (shared by segment and demo)."""
     from .detect import Detector
@@ -85,7 +111,7 @@ def build_pipeline(args, need_detector: bool):
     device = resolve_device(args.device)
     detector, fpr, threshold = None, None, 0.0
     if need_detector:
-        folds = tuple(int(f) if f != "all" else f for f in str(args.folds).split(","))
+        folds = parse_folds(args.folds)
         detector = Detector(models.detector_folder(args.detector), folds,
                             args.detector_checkpoint, device, args.mirroring)
         if args.fpr != "none":
@@ -105,12 +131,16 @@ def build_pipeline(args, need_detector: bool):
 
 def run_segment(args, input_path, output: Path, report_path: Path | None,
                 overview_path: Path | None = None) -> dict:
-    from .outputs import report_dict, write_overview_png, write_report, write_seg_nrrd
+    from .outputs import (check_output_paths, report_dict, write_overview_png, write_report,
+                          write_seg_nrrd)
     from .pipeline import timed_stage
     from .prompts import read_boxes_json, read_points_json
     from .volume import read_ct
 
-    # The user's JSON first: a typo there should not wait for the CT to load.
+    # Everything that can be checked without the CT first: a typo should not wait for the run.
+    check_options(args)
+    check_output_paths({"segmentation": output, "report": report_path, "overview": overview_path},
+                       (Path(input_path),))
     boxes = read_boxes_json(args.boxes) if getattr(args, "boxes", None) else None
     points = read_points_json(args.points) if getattr(args, "points", None) else None
     timings = {}
@@ -161,12 +191,16 @@ def cmd_segment(args) -> None:
 
 def cmd_demo(args) -> None:
     from .demo_data import demo_ct
+    from .outputs import check_output_paths
 
     out = Path(args.out)
+    outputs = {"segmentation": out / "demo.seg.nrrd", "report": out / "demo_report.json",
+               "overview": out / "demo_overview.png"}
+    check_options(args)
+    check_output_paths(outputs)  # before the download
     image, _ = demo_ct()
     args.boxes, args.points, args.series = None, None, None
-    run_segment(args, image, out / "demo.seg.nrrd", out / "demo_report.json",
-                out / "demo_overview.png")
+    run_segment(args, image, *outputs.values())
 
 
 def cmd_models(args) -> None:
@@ -234,6 +268,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("nodulesam: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except OSError as err:  # e.g. the disk filled up while writing
+        print(f"nodulesam: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if args.verbose:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"nodulesam: internal error ({type(err).__name__}: {message}); this is a bug: "
+              "rerun with --verbose for the traceback and report it", file=sys.stderr)
+        return 1
     return 0
 
 

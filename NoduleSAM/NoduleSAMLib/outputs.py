@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,45 @@ PALETTE = [(0.90, 0.30, 0.24), (0.18, 0.55, 0.85), (0.30, 0.75, 0.35), (0.95, 0.
 
 def segment_color(label: int) -> tuple[float, float, float]:
     return PALETTE[(label - 1) % len(PALETTE)]
+
+
+SUFFIXES = {"segmentation": ".seg.nrrd", "report": ".json", "overview": ".png"}
+
+
+def check_output_paths(paths: dict[str, Path | None], inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse, before any work, output paths that cannot be written: a wrong suffix, a folder,
+    a name given twice or naming an input, or a folder where no file can be created.
+
+    paths: kind (a ``SUFFIXES`` key) -> path, or None when that output is not wanted.
+    A write probe (a temporary file, removed at once) tests the nearest existing folder, so a
+    read-only disk or a parent that is a file is found even where permission bits say nothing
+    (as for root). Missing folders are created only when the result is written.
+    """
+    seen = {Path(p).resolve() for p in inputs}
+    for kind, path in paths.items():
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise NoduleSAMError(f"{path}: is a folder; give a file name ending in {SUFFIXES[kind]}")
+        if not path.name.endswith(SUFFIXES[kind]):
+            raise NoduleSAMError(f"{path}: the {kind} file name must end in {SUFFIXES[kind]}")
+        if path.resolve() in seen:
+            raise NoduleSAMError(f"{path}: is also an input or another output; give each output "
+                                 "its own file")
+        seen.add(path.resolve())
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+        try:
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is a file")
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".nodulesam-probe-"):
+                pass
+        except OSError as err:
+            raise NoduleSAMError(f"{path}: cannot write the {kind} there "
+                                 f"({getattr(err, 'strerror', None) or err}); choose another "
+                                 "output path") from None
 
 
 def _atomic_target(path: Path) -> Path:

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,9 +94,28 @@ def test_user_errors_exit_non_zero_with_one_line(crop_nrrd, tmp_path, capsys):
     assert main(["segment", str(ct_path), "-o", str(tmp_path / "x.seg.nrrd"),
                  "--boxes", str(tmp_path / "bad.json"), "--no-refine"]) == 2
     assert "'ijk' must be 6 finite numbers" in capsys.readouterr().err
-    assert main(["segment", str(ct_path), "-o", str(tmp_path / "x.nrrd"), "--boxes",
-                 str(tmp_path / "bad.json")]) == 2
-    assert not (tmp_path / "x.seg.nrrd").exists()
+    # outputs are checked before the CT is even opened: a missing CT is not what is reported
+    for output, message in ((tmp_path / "x.nrrd", "must end in .seg.nrrd"),
+                            (tmp_path, "is a folder"),
+                            (tmp_path / "bad.json" / "x.seg.nrrd", "cannot write the segmentation"),
+                            (Path("/proc/x.seg.nrrd"), "cannot write the segmentation")):
+        assert main(["segment", str(tmp_path / "missing.nrrd"), "-o", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert main(["segment", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "a.seg.nrrd"),
+                 "--report", str(tmp_path / "a.seg.nrrd")]) == 2
+    assert "must end in .json" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "a.seg.nrrd"),
+                 "--overview", str(tmp_path / "o.jpg")]) == 2
+    assert "must end in .png" in capsys.readouterr().err
+    for folds in ("0,x", "", "1,-1"):
+        assert main(["segment", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "a.seg.nrrd"),
+                     "--folds", folds]) == 2
+        assert "is not a fold number" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "a.seg.nrrd"),
+                 "--min-volume", "nan"]) == 2
+    assert "must be a number >= 0" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.seg.nrrd")) and not list(tmp_path.glob(".nodulesam-probe-*"))
     # every box rejected (outside the volume, inverted) or none given: nothing was done, exit 2
     outside = {"boxes": [{"name": "Far", "ijk": [500, 510, 0, 5, 0, 5]},
                          {"name": "Inverted", "ijk": [5, 2, 10, 20, 10, 20]}]}
@@ -119,8 +139,21 @@ def test_user_errors_exit_non_zero_with_one_line(crop_nrrd, tmp_path, capsys):
     assert run.stderr.strip().count("\n") == 0 and "nodulesam: error:" in run.stderr
 
 
-def test_models_list_and_verify(capsys):
+def test_models_list_and_verify(capsys, tmp_path, monkeypatch):
+    from NoduleSAMLib.models import REFINERS
+
     assert main(["models", "list"]) == 0
     assert "litemedsam" in capsys.readouterr().out
-    main(["models", "verify"])
-    assert "ok   litemedsam" in capsys.readouterr().out
+    monkeypatch.setenv("NODULESAM_CACHE", str(tmp_path))  # no downloaded checkpoints
+    assert main(["models", "verify"]) == 0
+    out = capsys.readouterr().out
+    for name in ("litemedsam", "nodule-detector", "nodule-fpr", "nodule-voi"):
+        assert f"ok   {name}:" in out
+    assert "FAIL" not in out
+    # a downloaded checkpoint that was altered fails verification, with exit status 2
+    spec = next(s for s in REFINERS.values() if s.arch != "litemedsam" and s.sha256)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / spec.filename).write_bytes(b"not the published weights")
+    assert main(["models", "verify"]) == 2
+    captured = capsys.readouterr()
+    assert f"FAIL {spec.name}:" in captured.out and "failed verification" in captured.err
