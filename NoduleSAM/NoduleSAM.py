@@ -252,10 +252,11 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRefine(self, summary=None):
         params = self.params()
         try:
-            states = self.logic.refine_states(params)
+            plan = self.logic.plan_refine(params)  # reads and hashes the CT once for the whole Refine
         except self.scene.NoduleSAMError as err:
             slicer.util.errorDisplay(str(err), windowTitle="NoduleSAM")
             return
+        states = self.logic.refine_states(params, plan)
         edited = sorted(name for name, state in states.items() if state == self.scene.EDITED)
         policy = self.scene.KEEP
         if edited:
@@ -270,7 +271,7 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             box.exec_()
             policy = {replace: self.scene.REPLACE, add: self.scene.ADD}.get(box.clickedButton(),
                                                                            self.scene.KEEP)
-        self.startJob(lambda: self.logic.refine_job(params, policy))
+        self.startJob(lambda: self.logic.refine_job(params, policy, plan))
 
     def onAddBox(self):
         params = self.params()

@@ -57,12 +57,10 @@ class Case:
 
 
 def crop_volume(volume: CTVolume, box_ijk) -> CTVolume:
-    """The sub-volume ``box_ijk`` with its origin moved so every voxel keeps its RAS position."""
-    z0, z1, y0, y1, x0, x1 = box_ijk
-    shift = np.eye(4)
-    shift[:3, 3] = [x0, y0, z0]
-    return CTVolume(volume.hu[z0:z1, y0:y1, x0:x1].copy(), volume.ijk_to_ras @ shift,
-                    volume.source)
+    """``scene.crop_volume`` with its own voxels (the whole CT can then be freed)."""
+    sub = sc.crop_volume(volume, box_ijk)
+    sub.hu = sub.hu.copy()
+    return sub
 
 
 def default_lidc_dir() -> Path:

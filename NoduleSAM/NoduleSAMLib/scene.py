@@ -56,6 +56,10 @@ ROI_PROMPTS_ATTRIBUTE = "NoduleSAM.SlicePrompts"  # detector prompt boxes, JSON 
 # the detector's probability over the box as detected, JSON {"box": ijk, "shape": [z, y, x],
 # "uint8": base64 of round(255 p)}; refinement votes with it while the ROI keeps that box
 ROI_PRIOR_ATTRIBUTE = "NoduleSAM.DetectorProbability"
+# ROI -> the volume node its score, prompts and prior were computed on; they are in that
+# volume's voxel frame, so on any other volume they are dropped (a node reference: MRML keeps it
+# through save, reload and ID changes on import, and drops it when the volume is deleted)
+ROI_SOURCE_VOLUME_ROLE = "NoduleSAM.sourceVolume"
 SEGMENT_HASH_TAG = "NoduleSAM.VoxelHash"   # hash of the voxels we wrote
 SEGMENT_INPUT_TAG = "NoduleSAM.InputKey"   # what produced them (box, CT, refiner, settings)
 ROI_NAME_PREFIX = "Nodule "
@@ -314,6 +318,7 @@ def add_roi_for_candidate(params: Parameters, candidate: Candidate, name: str | 
     """An ROI node for a detector candidate, with its score and per-slice prompts as attributes."""
     roi = add_roi(params, name)
     set_roi_to_box(roi, params.inputVolume, candidate.box_ijk)
+    roi.SetNodeReferenceID(ROI_SOURCE_VOLUME_ROLE, params.inputVolume.GetID())
     if candidate.score is not None:
         roi.SetAttribute(ROI_SCORE_ATTRIBUTE, f"{candidate.score:.4f}")
     if candidate.slice_boxes:
@@ -341,21 +346,56 @@ def _prior_from_roi(roi):
         return None, None  # a damaged attribute: refine with SAM alone
 
 
+def _prompts_from_roi(roi) -> dict[int, np.ndarray]:
+    """``{z: [x0, y0, x1, y1]}`` stored by ``add_roi_for_candidate``; raises ValueError if damaged."""
+    stored = json.loads(roi.GetAttribute(ROI_PROMPTS_ATTRIBUTE) or "{}")
+    if not isinstance(stored, dict):
+        raise ValueError("not a JSON object")
+    prompts = {int(z): np.array(box, dtype=float) for z, box in stored.items()}
+    if any(box.shape != (4,) or not np.isfinite(box).all() for box in prompts.values()):
+        raise ValueError("a prompt is not four finite numbers")
+    return prompts
+
+
+def roi_score(roi) -> float | None:
+    """The ROI's ranking score, None if it has none (a box the user added) or it is damaged."""
+    try:
+        score = float(roi.GetAttribute(ROI_SCORE_ATTRIBUTE) or "nan")
+    except ValueError:
+        return None
+    return score if np.isfinite(score) else None
+
+
 def candidate_from_roi(roi, volume_node, shape_zyx) -> tuple[Candidate, list[str]]:
-    """The ROI as it is now, as a candidate (detector prompts kept where they still fit)."""
+    """The ROI as it is now, as a candidate, and messages for the user.
+
+    The detector's score, per-slice prompts and probability are kept where they still fit: only
+    on the volume they were computed on, and only while they can be read (a damaged attribute
+    is ignored with a message; the box alone is then refined).
+    """
     box = box_from_roi(roi, volume_node)
     clipped = clip_box3d(box, shape_zyx)
+    name = roi.GetName()
     if clipped is None:
-        raise NoduleSAMError(f"'{roi.GetName()}' lies outside the CT: move it onto the CT or "
-                             "delete it")
-    messages = [] if clipped == box else [f"'{roi.GetName()}' reaches outside the CT; only the "
-                                          "part inside it is segmented"]
-    prompts = json.loads(roi.GetAttribute(ROI_PROMPTS_ATTRIBUTE) or "{}")
-    score = roi.GetAttribute(ROI_SCORE_ATTRIBUTE)
+        raise NoduleSAMError(f"'{name}' lies outside the CT: move it onto the CT or delete it")
+    messages = [] if clipped == box else [f"'{name}' reaches outside the CT; only the part "
+                                          "inside it is segmented"]
+    detected = roi.GetAttribute(ROI_PROMPTS_ATTRIBUTE) or roi.GetAttribute(ROI_PRIOR_ATTRIBUTE)
+    if detected and roi.GetNodeReference(ROI_SOURCE_VOLUME_ROLE) is not volume_node:
+        messages.append(f"'{name}' was detected on another CT volume: its detector prompts are "
+                        "not used on this one (Detect again to get them)")
+        return Candidate(name, clipped, None, {}), messages
+    try:
+        prompts = _prompts_from_roi(roi)
+    except (ValueError, TypeError) as err:
+        messages.append(f"'{name}': its stored detector prompts are damaged ({err}); the box "
+                        "alone is refined")
+        prompts = {}
+    if roi.GetAttribute(ROI_SCORE_ATTRIBUTE) and roi_score(roi) is None:
+        messages.append(f"'{name}': its stored score is not a number; it is ignored")
     probability, detected_box = _prior_from_roi(roi)
-    return Candidate(roi.GetName(), clipped, float(score) if score else None,
-                     {int(z): np.array(b, dtype=float) for z, b in prompts.items()},
-                     detector_probability=probability, detected_box_ijk=detected_box), messages
+    return Candidate(name, clipped, roi_score(roi), prompts, detector_probability=probability,
+                     detected_box_ijk=detected_box), messages
 
 
 def _boxes_overlap(a, b) -> bool:
@@ -365,17 +405,33 @@ def _boxes_overlap(a, b) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Segments
 def ensure_segmentation(params: Parameters):
-    """The output segmentation node (created on first use), with the CT as reference geometry."""
+    """The output segmentation node, created on first use in the CT's frame (reference geometry
+    and parent transform). A segmentation the user chose is aligned only while it holds no
+    segments, so their other segments never move; :func:`check_segmentation_frame` refuses one
+    that cannot hold the CT's voxels."""
     node = params.outputSegmentation
     if node is None:
         node = params.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                               f"{params.inputVolume.GetName()} nodules")
         node.CreateDefaultDisplayNodes()
         params.outputSegmentation = node
+    if node.GetSegmentation().GetNumberOfSegments() == 0:
+        node.SetAndObserveTransformNodeID(params.inputVolume.GetTransformNodeID())
     if node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is None:
         node.SetReferenceImageGeometryParameterFromVolumeNode(params.inputVolume)
-    node.SetAndObserveTransformNodeID(params.inputVolume.GetTransformNodeID())
     return node
+
+
+def check_segmentation_frame(params: Parameters) -> None:
+    """Segments are written in the CT's voxel frame: the chosen segmentation, if it already
+    holds segments, must sit under the CT's transform (or both under none)."""
+    node, volume_node = params.outputSegmentation, params.inputVolume
+    if (node is not None and node.GetSegmentation().GetNumberOfSegments()
+            and node.GetTransformNodeID() != volume_node.GetTransformNodeID()):
+        raise NoduleSAMError(
+            f"'{node.GetName()}' is under a different transform than the CT "
+            f"'{volume_node.GetName()}': choose a segmentation in the CT's frame, or none to "
+            "create one")
 
 
 def _segment_tag(segment, tag: str) -> str | None:
@@ -523,7 +579,7 @@ def update_candidate_table(params: Parameters) -> None:
     rows = []
     volume_node = params.inputVolume
     for roi in params.rois:
-        row = {"Name": roi.GetName(), "Score": roi.GetAttribute(ROI_SCORE_ATTRIBUTE)}
+        row = {"Name": roi.GetName(), "Score": roi_score(roi)}
         size = [0.0] * 3
         roi.GetSizeWorld(size)
         row["Size (mm)"] = " x ".join(f"{v:.1f}" for v in size)
@@ -536,6 +592,31 @@ def update_candidate_table(params: Parameters) -> None:
                 rows, params.rois)
 
 
+def crop_volume(volume: CTVolume, box_ijk) -> CTVolume:
+    """The sub-volume ``box_ijk`` (a view, no copy), its origin moved so that every voxel keeps
+    its RAS position."""
+    z0, z1, y0, y1, x0, x1 = box_ijk
+    shift = np.eye(4)
+    shift[:3, 3] = [x0, y0, z0]
+    return CTVolume(volume.hu[z0:z1, y0:y1, x0:x1], volume.ijk_to_ras @ shift, volume.source)
+
+
+def measure_segment(params: Parameters, volume: CTVolume, segment_id: str) -> tuple[dict, str]:
+    """``measure_nodule`` of a segment as it is now (hand edits included), and its slice range;
+    measured on the segment's bounding box, not on a CT-sized mask."""
+    flat = segment_voxels(params.outputSegmentation, segment_id, params.inputVolume)
+    if flat.size == 0:
+        return measure_nodule(volume, np.zeros((1, 1, 1), dtype=bool)), ""
+    zyx = np.unravel_index(flat, volume.hu.shape)
+    lows = [int(v.min()) for v in zyx]
+    box = (lows[0], int(zyx[0].max()) + 1, lows[1], int(zyx[1].max()) + 1, lows[2],
+           int(zyx[2].max()) + 1)
+    sub = crop_volume(volume, box)
+    mask = np.zeros(sub.hu.shape, dtype=bool)
+    mask[tuple(v - low for v, low in zip(zyx, lows))] = True
+    return measure_nodule(sub, mask), f"{box[0]}-{box[1] - 1}"
+
+
 def update_measurement_table(params: Parameters, volume: CTVolume, statuses: dict | None = None):
     """Measure every ROI's segment as it is now (hand edits included) into the table node."""
     rows, measured, statuses = [], [], statuses or {}
@@ -544,14 +625,10 @@ def update_measurement_table(params: Parameters, volume: CTVolume, statuses: dic
         if segment_id is None:
             continue
         measured.append(roi)
-        mask = np.zeros(volume.hu.size, dtype=bool)
-        mask[segment_voxels(params.outputSegmentation, segment_id, params.inputVolume)] = True
-        m = measure_nodule(volume, mask.reshape(volume.hu.shape))
-        slices = np.nonzero(mask.reshape(volume.hu.shape).any(axis=(1, 2)))[0]
+        m, slices = measure_segment(params, volume, segment_id)
         rows.append({"Name": roi.GetName(), "Volume (mm3)": m["volume_mm3"],
                      "Long axis (mm)": m["long_axis_mm"], "Short axis (mm)": m["short_axis_mm"],
-                     "Mean HU": m["mean_hu"],
-                     "Slices": f"{slices[0]}-{slices[-1]}" if slices.size else "",
+                     "Mean HU": m["mean_hu"], "Slices": slices,
                      "Status": statuses.get(roi.GetName(), "")})
     _fill_table(_ensure_table(params, "measurementTable", "NoduleSAM measurements"),
                 MEASUREMENT_COLUMNS, rows, measured)
@@ -578,6 +655,17 @@ class Job:
     def run(self, progress=None):
         """Both halves on this thread (tests, scripts, the self-test)."""
         return self.finish(self.work(progress or (lambda done, total, text="": None)))
+
+
+@dataclass
+class RefinePlan:
+    """What a Refine will do (:meth:`Logic.plan_refine`): the CT read once, one item per ROI
+    (``roi``, ``candidate``, ``messages``, ``key``, ``state``), the settings."""
+
+    volume_node: object
+    volume: CTVolume
+    items: list[dict]
+    config: dict
 
 
 @dataclass
@@ -659,12 +747,16 @@ class Logic:
         config = self._config(params)
 
         def work(progress):
-            progress(0, 1, "detecting nodules")
+            progress(0, 1, "loading the detector")
             fpr = self.fpr(config)
-            pipeline = Pipeline(self.detector(config), None, config["minVolume"],
-                                config["expansion"], fpr=fpr,
+            detector = self.detector(config)
+            pipeline = Pipeline(detector, None, config["minVolume"], config["expansion"], fpr=fpr,
                                 fpr_threshold=fpr.threshold(config["sensitivity"]) if fpr else 0.0)
-            candidates = pipeline.detect(volume)
+            # progress after every batch of slices: Cancel stops the detector there
+            detection = detector.predict(volume, progress=lambda done, total: progress(
+                done, total + 1, f"detecting nodules: slice {done} of {total}"))
+            progress(len(volume.hu), len(volume.hu) + 1, "scoring the candidates")
+            candidates = pipeline.candidate_stages(volume, detection)["kept"]
             progress(1, 1, f"{len(candidates)} candidates")
             return candidates
 
@@ -709,20 +801,23 @@ class Logic:
         segment = params.outputSegmentation.GetSegmentation().GetSegment(segment_id)
         return UNCHANGED if _segment_tag(segment, SEGMENT_INPUT_TAG) == input_key else CHANGED
 
-    def refine_states(self, params: Parameters) -> dict:
+    def refine_states(self, params: Parameters, plan: RefinePlan | None = None) -> dict:
         """ROI name -> its segment's state (new, unchanged, changed, edited by hand)."""
-        return {state["roi"].GetName(): state["state"] for state in self._plan(params)[1]}
+        return {item["roi"].GetName(): item["state"] for item in (plan or self.plan_refine(params)).items}
 
-    def _plan(self, params: Parameters):
-        """Everything Refine will do, checked before anything is touched."""
+    def plan_refine(self, params: Parameters) -> RefinePlan:
+        """Everything Refine will do, checked before anything is touched. The CT is read and
+        hashed here once; pass the plan to :meth:`refine_job` (after asking the user about
+        :meth:`refine_states`) rather than planning again."""
         volume = ct_from_volume_node(params.inputVolume)
         rois = params.rois
         if not rois:
             raise NoduleSAMError("there are no nodule boxes: press Detect, or Add box")
+        check_segmentation_frame(params)
         fingerprint = volume_fingerprint(volume)
         config = self._config(params)
         model_key = {k: config[k] for k in ("refiner", "checkpoint", "cropMargin")}
-        plan, problems = [], []
+        items, problems = [], []
         for roi in rois:
             try:
                 candidate, messages = candidate_from_roi(roi, params.inputVolume, volume.hu.shape)
@@ -732,23 +827,28 @@ class Logic:
             key = json.dumps({"ct": fingerprint, "box": list(candidate.box_ijk), **model_key,
                               "prompts": {str(z): b.tolist() for z, b in
                                           sorted(candidate.prompt_boxes().items())}})
-            plan.append({"roi": roi, "candidate": candidate, "messages": messages, "key": key,
-                         "state": self.segment_state(params, roi, key) if params.outputSegmentation
-                         else NEW})
+            items.append({"roi": roi, "candidate": candidate, "messages": messages, "key": key,
+                          "state": self.segment_state(params, roi, key) if params.outputSegmentation
+                          else NEW})
         if problems:
             raise NoduleSAMError("; ".join(problems))
-        return volume, plan, config
+        return RefinePlan(params.inputVolume, volume, items, config)
 
-    def refine_job(self, params: Parameters, edited: str = KEEP) -> Job:
+    def refine_job(self, params: Parameters, edited: str = KEEP,
+                   plan: RefinePlan | None = None) -> Job:
         """Refine every ROI that is new or changed since its segment was written.
 
         edited: what to do with a segment the user edited by hand whose ROI changed: ``keep`` it
           (the default; reported), ``replace`` it, or ``add`` a new segment beside it.
+        plan: from :meth:`plan_refine` just before (None: planned here).
         """
-        volume, plan, config = self._plan(params)
+        plan = plan or self.plan_refine(params)
+        if plan.volume_node is not params.inputVolume:
+            raise NoduleSAMError("the CT changed since Refine was planned; press Refine again")
+        volume, config = plan.volume, plan.config
         summary = RefineSummary()
         todo = []
-        for item in plan:
+        for item in plan.items:
             summary.messages += item["messages"]
             name = item["roi"].GetName()
             if item["state"] == UNCHANGED:
@@ -772,7 +872,7 @@ class Logic:
             summary.encoder_calls = (refiner.encoder_calls - calls) if refiner else 0
             return nodules
 
-        volume_node = params.inputVolume
+        volume_node = plan.volume_node
 
         def finish(nodules):
             if params.inputVolume is not volume_node:

@@ -18,6 +18,7 @@ from conftest_slicer import HeadlessScene, lidc_dir  # noqa: E402
 from NoduleSAMLib import models, scenarios  # noqa: E402
 from NoduleSAMLib import scene as sc  # noqa: E402
 from NoduleSAMLib.errors import NoduleSAMError  # noqa: E402
+from NoduleSAMLib.measure import measure_nodule  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ class ReferenceDetector:
     def __init__(self, mask):
         self.mask = mask
 
-    def predict(self, volume):
+    def predict(self, volume, progress=None):
         from NoduleSAMLib.detect import Detection
 
         return Detection(self.mask.astype(np.float32), self.mask)
@@ -187,5 +188,100 @@ def test_tables_show_titles_as_headers_and_row_0_is_the_first_nodule(headless, c
     assert measurements.GetUseColumnTitleAsColumnHeader()
     assert measurements.GetNumberOfRows() == 1 and measurements.GetCellText(0, 0) == "Nodule 2"
     assert sc.roi_of_table_row(measurements, 0) is second
+    # measured inside the segment's box, the numbers are those of a CT-sized mask
+    full = np.zeros(case.volume.hu.shape, bool)
+    full[box[0]:box[1], box[2]:box[3], box[4]:box[5]] = mask
+    expected = measure_nodule(case.volume, full)
+    for column, key in (("Volume (mm3)", "volume_mm3"), ("Long axis (mm)", "long_axis_mm"),
+                        ("Short axis (mm)", "short_axis_mm"), ("Mean HU", "mean_hu")):
+        value = measurements.GetTable().GetColumnByName(column).GetValue(0)
+        assert value == pytest.approx(expected[key], rel=1e-6), column
     headless.scene.RemoveNode(second)
     assert sc.roi_of_table_row(measurements, 0) is None
+
+
+def test_detector_prompts_stay_with_the_ct_they_were_detected_on(headless, case):
+    """Prompts and priors are voxels of the CT used at Detect: on another volume node (same
+    grid or not) they are dropped with a message, and the box alone is refined."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume, "CT A")
+    params = sc.Parameters.get_or_create(headless.scene)
+    params.inputVolume, params.fpr = volume_node, "none"
+    roi, = sc.Logic(ReferenceDetector(case.reference)).detect_job(params).run()
+    shape = case.volume.hu.shape
+    on_a, messages = sc.candidate_from_roi(roi, volume_node, shape)
+    assert on_a.slice_boxes and on_a.detector_probability is not None and not messages
+    other = sc.add_volume_node(headless.scene, case.volume, "CT B")
+    on_b, messages = sc.candidate_from_roi(roi, other, shape)
+    assert on_b.slice_boxes == {} and on_b.detector_probability is None and on_b.score is None
+    assert len(messages) == 1 and "another CT volume" in messages[0]
+    params.inputVolume = other
+    plan = sc.Logic().plan_refine(params)
+    assert plan.items[0]["candidate"].slice_boxes == {}
+    params.inputVolume = volume_node
+    headless.scene.RemoveNode(volume_node)  # the source is gone: nothing it detected is used
+    assert sc.candidate_from_roi(roi, other, shape)[0].slice_boxes == {}
+
+
+def test_damaged_roi_attributes_are_ignored_with_a_message(headless, case):
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    params = sc.Parameters.get_or_create(headless.scene)
+    params.inputVolume = volume_node
+    roi, = sc.Logic().add_candidates(params, case.candidates())
+    shape = case.volume.hu.shape
+    for damaged in ("{not json", "[1, 2]", '{"1": [1, 2]}', '{"x": [1, 2, 3, 4]}',
+                    '{"1": ["a", 2, 3, 4]}', '{"1": [NaN, 2, 3, 4]}'):
+        roi.SetAttribute(sc.ROI_PROMPTS_ATTRIBUTE, damaged)
+        candidate, messages = sc.candidate_from_roi(roi, volume_node, shape)
+        assert candidate.slice_boxes == {}, damaged
+        assert any("prompts are damaged" in m for m in messages), damaged
+    roi.SetAttribute(sc.ROI_PROMPTS_ATTRIBUTE, "{}")
+    roi.SetAttribute(sc.ROI_SCORE_ATTRIBUTE, "not a number")
+    candidate, messages = sc.candidate_from_roi(roi, volume_node, shape)
+    assert candidate.score is None and any("score is not a number" in m for m in messages)
+    sc.update_candidate_table(params)  # the table shows no score rather than raising
+    assert np.isnan(params.candidateTable.GetTable().GetColumnByName("Score").GetValue(0))
+    assert sc.Logic().refine_states(params) == {roi.GetName(): sc.NEW}
+
+
+def test_refine_plans_once(headless, case, monkeypatch):
+    """The widget plans (reads and hashes the CT), asks about hand edits, then hands the same
+    plan to the job: one CT read and one hash per Refine, not two."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    params = sc.Parameters.get_or_create(headless.scene)
+    params.inputVolume = volume_node
+    logic = sc.Logic()
+    logic.add_candidates(params, case.candidates())
+    calls = []
+    for name in ("ct_from_volume_node", "volume_fingerprint"):
+        real = getattr(sc, name)
+        monkeypatch.setattr(sc, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    plan = logic.plan_refine(params)
+    assert logic.refine_states(params, plan) == {"Nodule 1": sc.NEW}
+    job = logic.refine_job(params, sc.KEEP, plan)
+    assert sorted(calls) == ["ct_from_volume_node", "volume_fingerprint"] and job.title == "Refine"
+    params.inputVolume = sc.add_volume_node(headless.scene, case.volume, "another CT")
+    with pytest.raises(NoduleSAMError, match="CT changed"):
+        logic.refine_job(params, sc.KEEP, plan)
+
+
+def test_a_chosen_segmentation_is_not_moved(headless, case):
+    """Refine writes into the user's segmentation without re-parenting it (which would move
+    their other segments); one in another frame is refused before any work."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    params = sc.Parameters.get_or_create(headless.scene)
+    params.inputVolume = volume_node
+    sc.Logic().add_candidates(params, case.candidates())
+    theirs = headless.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "their segmentation")
+    theirs.GetSegmentation().AddEmptySegment("Liver", "Liver")
+    shift = scenarios.translate_world(headless.scene, theirs, [10.0, 0.0, 0.0])
+    params.outputSegmentation = theirs
+    with pytest.raises(NoduleSAMError, match="different transform than the CT"):
+        sc.Logic().refine(params)
+    assert theirs.GetTransformNodeID() == shift.GetID()
+    assert theirs.GetSegmentation().GetNumberOfSegments() == 1
+    theirs.SetAndObserveTransformNodeID(None)                  # same frame as the CT: used as is
+    assert sc.ensure_segmentation(params) is theirs and theirs.GetTransformNodeID() is None
+    empty = headless.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    scenarios.translate_world(headless.scene, volume_node, [0.0, 5.0, 0.0])
+    params.outputSegmentation = empty                          # holds nothing: put in the CT's frame
+    assert sc.ensure_segmentation(params).GetTransformNodeID() == volume_node.GetTransformNodeID()
