@@ -310,8 +310,10 @@ def _check_decoder(ds, file: Path) -> None:
                              "NoduleSAM uses can read; convert the series to an uncompressed or "
                              "lossless transfer syntax (e.g. gdcmconv --raw)") from None
     if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies)
         raise NoduleSAMError(f"{file}: pixel data are {uid.name} ({uid}): no decoder installed; "
-                             f"install one: {'; '.join(decoder.missing_dependencies)}")
+                             f"install one: {missing}"
+                             + (" (pip install python-gdcm)" if "gdcm" in missing else ""))
 
 
 PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}  # the plane normal to LPS x, y, z

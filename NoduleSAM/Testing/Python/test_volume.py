@@ -1,10 +1,14 @@
 """Reading CTs: the real LIDC DICOM series against SimpleITK, and every bad input we refuse."""
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.uid import (MPEG4HP41, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless,
+                         RLELossless)
 
 from NoduleSAMLib.errors import NoduleSAMError
 from NoduleSAMLib.volume import CTVolume, check_ct, read_ct, window
@@ -222,6 +226,76 @@ def test_thick_slices_are_warned(axial_block, tmp_path):
                                "missed and volumes are coarse"]
     check_ct(volume)  # a second check adds nothing
     assert len(volume.warnings) == 1
+
+
+LOSSLESS = [RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1]
+ENCODER = {JPEGLSLossless: "jpeg_ls", JPEG2000Lossless: "openjpeg"}  # pyjpegls, pylibjpeg-openjpeg
+
+
+def compress(file, uid):
+    """Re-encode a DICOM file's pixel data losslessly: with pydicom's encoders where it has one
+    (RLE natively, JPEG-LS and JPEG 2000 through the test extras), with GDCM for JPEG Lossless."""
+    if uid == JPEGLosslessSV1:
+        import gdcm
+
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(file))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        writer.SetFileName(str(file))
+        assert writer.Write()
+    else:
+        if uid in ENCODER:
+            pytest.importorskip(ENCODER[uid], reason=f"no {uid.name} encoder (pip install "
+                                                      "'nodulesam[test]')")
+        ds = pydicom.dcmread(file)
+        ds.compress(uid)
+        ds.save_as(file)
+
+
+@pytest.mark.parametrize("uid", LOSSLESS, ids=lambda uid: uid.name.split()[0])
+def test_lossless_compressed_series_reads_as_uncompressed(series_0001, tmp_path, uid):
+    files = copy_slices(series_0001, tmp_path / "s", count=4)
+    plain = read_ct(tmp_path / "s")
+    for file in files:
+        compress(file, uid)
+    assert {pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            for f in files} == {uid}
+    volume = read_ct(tmp_path / "s")
+    np.testing.assert_array_equal(volume.hu, plain.hu)
+    np.testing.assert_array_equal(volume.ijk_to_ras, plain.ijk_to_ras)
+
+
+def test_compressed_without_decoder_names_the_transfer_syntax(series_0001, tmp_path):
+    files = copy_slices(series_0001, tmp_path / "jpeg", count=3)
+    for file in files:
+        compress(file, JPEGLosslessSV1)
+    # only GDCM (or the GPL libjpeg, not a dependency) decodes JPEG Lossless: hide both, as on a
+    # machine where they are not installed
+    script = ("import sys; sys.modules['gdcm'] = sys.modules['libjpeg'] = None\n"
+              "from NoduleSAMLib.errors import NoduleSAMError\n"
+              "from NoduleSAMLib.volume import read_ct\n"
+              "try:\n    read_ct(sys.argv[1])\nexcept NoduleSAMError as err:\n    print(err)")
+    message = subprocess.run([sys.executable, "-c", script, str(tmp_path / "jpeg")], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    assert "JPEG Lossless, Non-Hierarchical, First-Order Prediction" in message
+    assert "(1.2.840.10008.1.2.4.70): no decoder installed" in message
+    assert "pip install python-gdcm" in message and len(message.splitlines()) == 1
+    # a transfer syntax no plugin of pydicom decodes at all (video)
+    files = copy_slices(series_0001, tmp_path / "video", count=3)
+    for file in files:
+        ds = pydicom.dcmread(file)
+        ds.PixelData = pydicom.encaps.encapsulate([ds.PixelData])
+        ds.file_meta.TransferSyntaxUID = MPEG4HP41
+        ds.save_as(file, enforce_file_format=True)
+    expect_error(tmp_path / "video", "MPEG-4 AVC/H.264 High Profile / Level 4.1",
+                 f"({MPEG4HP41})", "convert the series")
 
 
 def test_one_slice_and_empty_folder(series_0001, tmp_path):
