@@ -81,7 +81,11 @@ class Detector:
                 present = sorted(p.name for p in folder.glob("fold_*"))
                 raise NoduleSAMError(f"{folder}: {path.relative_to(folder)} is missing "
                                      f"(folds present: {', '.join(present) or 'none'})")
-            pinned = card.get("sha256", {}).get(f"fold_{fold}/{checkpoint_name}")
+            pins = card.get("sha256")
+            pinned = (pins or {}).get(f"fold_{fold}/{checkpoint_name}")
+            if pins and not pinned:  # a card that pins some checkpoints must pin every one used
+                raise NoduleSAMError(f"{path}: has no SHA-256 in {folder / 'model.json'}; add its "
+                                     "hash there, or use a folder without a model card")
             if pinned:
                 verify_file(path, pinned)
             checkpoint = load_checkpoint(path)

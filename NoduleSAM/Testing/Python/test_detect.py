@@ -59,13 +59,50 @@ def test_detect_then_refine_pipeline(detector, test_vois, sam):
     result = pipeline.run(volume)
     assert result.nodules and {"detect_s", "refine_s", "total_s"} <= set(result.timings_s)
     labels = result.labelmap()
-    assert (labels > 0)[truth].mean() > 0.5  # most of the nodule is segmented
+    assert (labels > 0)[truth].mean() > 0.5  # most of the nodule is segmented ...
+    hit = next(n for n in result.nodules if (labels == n.label)[truth].any())
+    painted = labels == hit.label
+    z0, z1, y0, y1, x0, x1 = hit.candidate.box_ijk
+    assert painted.sum() < 0.5 * (z1 - z0) * (y1 - y0) * (x1 - x0)  # ... not its whole box
+    assert 2 * (painted & truth).sum() / (painted.sum() + truth.sum()) > 0.6, cid
 
 
-def test_mirroring_and_fold_options(tiny_voi_model, test_vois):
+def test_mirroring_and_fold_options(tiny_voi_model, test_vois, tmp_path):
+    import hashlib
+
+    import torch
+
+    from NoduleSAMLib.detect import load_checkpoint
+
     _, volume, _ = test_vois[0]
+    plain = Detector(tiny_voi_model, folds=(0,)).predict(volume)
     mirrored = Detector(tiny_voi_model, folds=(0,), mirroring=True).predict(volume)
     assert mirrored.probability.shape == volume.hu.shape
+    difference = np.abs(mirrored.probability - plain.probability)
+    assert difference.max() > 1e-3  # the flipped copies were predicted and averaged in
+    assert 2 * (mirrored.mask & plain.mask).sum() / (mirrored.mask.sum() + plain.mask.sum()) > 0.7
+
+    # a two-fold ensemble: fold_1 is fold_0 with its output layer biased toward the nodule
+    folder = tmp_path / "two_folds"
+    shutil.copytree(tiny_voi_model, folder)
+    checkpoint = load_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
+    bias = sorted(k for k in checkpoint["network_weights"] if "seg_layers" in k and k.endswith("bias"))[-1]
+    checkpoint["network_weights"][bias] = checkpoint["network_weights"][bias] + torch.tensor(
+        [-1.0, 1.0], dtype=checkpoint["network_weights"][bias].dtype)
+    (folder / "fold_1").mkdir()
+    torch.save(checkpoint, folder / "fold_1" / "checkpoint_final.pth")
+    card = json.loads((folder / "model.json").read_text())
+    with pytest.raises(NoduleSAMError, match="has no SHA-256"):
+        Detector(folder, folds=(0, 1))  # an unpinned checkpoint beside pinned ones is refused
+    card["sha256"]["fold_1/checkpoint_final.pth"] = hashlib.sha256(
+        (folder / "fold_1" / "checkpoint_final.pth").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(card))
+    biased = Detector(folder, folds=(1,)).predict(volume).probability
+    both = Detector(folder, folds=(0, 1)).predict(volume).probability
+    assert (biased >= plain.probability - 1e-4).all() and (biased - plain.probability).max() > 0.05
+    # nnU-Net averages the folds' logits: the ensemble lies between the two folds, apart from both
+    assert (both >= plain.probability - 1e-4).all() and (both <= biased + 1e-4).all()
+    assert (both - plain.probability).max() > 0.02 and (biased - both).max() > 0.02
 
 
 def broken_copy(source, target, change):
