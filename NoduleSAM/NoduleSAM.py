@@ -175,8 +175,12 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.ParameterPack(params.node))
 
     def setParameterNode(self, parameterNode):
-        if self._parameterNode is not None and self._guiConnection is not None:
-            self._parameterNode.disconnectGui(self._guiConnection)
+        """Bind the GUI to ``parameterNode`` (None: unbind). A running job keeps its own
+        parameters (``Job.params``), so it finishes whatever the GUI is bound to."""
+        if self._parameterNode is not None:
+            if self._guiConnection is not None:
+                self._parameterNode.disconnectGui(self._guiConnection)
+                self._guiConnection = None
             self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent,
                                 self.onParameterNodeModified)
         self._parameterNode = parameterNode
@@ -187,9 +191,15 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onParameterNodeModified()
 
     def params(self):
+        """The module's parameters: the bound node's, or (the module left, the GUI unbound) the
+        scene's NoduleSAM node, so no callback ever meets a None parameter node."""
+        if self._parameterNode is None:
+            return self.scene.Parameters.get_or_create(slicer.mrmlScene)
         return self.scene.Parameters(self._parameterNode.parameterNode)
 
     def onParameterNodeModified(self, caller=None, event=None):
+        if self._parameterNode is None:  # the module was left
+            return
         params = self.params()
         self.ui.candidateTableView.setMRMLTableNode(params.candidateTable)
         self.ui.measurementTableView.setMRMLTableNode(params.measurementTable)
@@ -222,20 +232,22 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- scene events ---------------------------------------------------------------------------
     def cleanup(self):
+        """The module is being destroyed (Slicer closes, or the module is reloaded)."""
         self._cancel.set()
+        self._timer.stop()
+        self._tableTimer.stop()
+        self.setParameterNode(None)  # disconnects the GUI
         self.removeObservers()
 
     def enter(self):
         if self.logic is not None:
-            self.initializeParameterNode()
+            self.initializeParameterNode()  # a running job (self._job) stays as it is
 
     def exit(self):
-        if self._parameterNode is not None and self._guiConnection is not None:
-            self._parameterNode.disconnectGui(self._guiConnection)
-            self._guiConnection = None
-        self.removeObservers(self.onParameterNodeModified)
+        """Unbind the GUI; a running job goes on, its progress shown and its result written on
+        return to the module or not (its finish needs only its own parameters)."""
+        self.setParameterNode(None)
         self.removeObservers(self.onRoiModified)
-        self._parameterNode = None
 
     def onSceneStartClose(self, caller, event):
         self._cancel.set()
@@ -249,8 +261,9 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDetect(self, then=None):
         self.startJob(lambda: self.logic.detect_job(self.params()), then)
 
-    def onRefine(self, summary=None):
-        params = self.params()
+    def onRefine(self, params=None):
+        """params: the Detect job's, when Auto-segment chains Refine after it."""
+        params = params or self.params()
         try:
             plan = self.logic.plan_refine(params)  # reads and hashes the CT once for the whole Refine
         except self.scene.NoduleSAMError as err:
@@ -384,7 +397,7 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.warningDisplay("\n".join(summary.messages), windowTitle="NoduleSAM")
         self.onParameterNodeModified()
         if then is not None:
-            then()
+            then(job.params)
 
     def reportError(self, job, error, details):
         if isinstance(error, self.scene.Cancelled):

@@ -651,10 +651,19 @@ class Job:
     title: str
     work: Callable
     finish: Callable
+    params: Parameters | None = None  # the job's own: it finishes even if the GUI let go of its
 
     def run(self, progress=None):
         """Both halves on this thread (tests, scripts, the self-test)."""
         return self.finish(self.work(progress or (lambda done, total, text="": None)))
+
+
+def check_same_ct(params: Parameters, volume_node, title: str) -> None:
+    """A job's finish writes nothing unless its CT is still the input and still in the scene
+    (the user may switch volumes, or close the scene, while the work runs)."""
+    if params.inputVolume is not volume_node or volume_node.GetScene() is None:
+        raise NoduleSAMError(f"the CT changed or the scene was closed during {title}; nothing "
+                             f"was written: press {title} again")
 
 
 @dataclass
@@ -760,7 +769,13 @@ class Logic:
             progress(1, 1, f"{len(candidates)} candidates")
             return candidates
 
-        return Job("Detect", work, lambda candidates: self.add_candidates(params, candidates))
+        volume_node = params.inputVolume
+
+        def finish(candidates):
+            check_same_ct(params, volume_node, "Detect")
+            return self.add_candidates(params, candidates)
+
+        return Job("Detect", work, finish, params)
 
     def add_candidates(self, params: Parameters, candidates: list[Candidate]) -> list:
         """ROIs for ``candidates``, numbered after the existing ones; a candidate overlapping an
@@ -875,8 +890,7 @@ class Logic:
         volume_node = plan.volume_node
 
         def finish(nodules):
-            if params.inputVolume is not volume_node:
-                raise NoduleSAMError("the CT changed while refining; press Refine again")
+            check_same_ct(params, volume_node, "Refine")
             segmentation = ensure_segmentation(params)
             statuses = {}
             for item, nodule in zip(todo, nodules):
@@ -900,7 +914,7 @@ class Logic:
             update_candidate_table(params)
             return summary
 
-        return Job("Refine", work, finish)
+        return Job("Refine", work, finish, params)
 
     # Synchronous forms for scripts and tests
     def detect(self, params: Parameters) -> list:

@@ -285,3 +285,27 @@ def test_a_chosen_segmentation_is_not_moved(headless, case):
     scenarios.translate_world(headless.scene, volume_node, [0.0, 5.0, 0.0])
     params.outputSegmentation = empty                          # holds nothing: put in the CT's frame
     assert sc.ensure_segmentation(params).GetTransformNodeID() == volume_node.GetTransformNodeID()
+
+
+def test_a_job_finishes_on_its_own_parameters(headless, case):
+    """Leaving the module during a job unbinds the widget's parameter node; the job's finish
+    (and Auto-segment's Refine after it) needs only the job's own parameters. A scene closed
+    during the work gets nothing written into it."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    params = sc.Parameters.get_or_create(headless.scene)
+    params.inputVolume, params.fpr = volume_node, "none"
+    logic = sc.Logic(ReferenceDetector(case.reference))
+    job = logic.detect_job(params)
+    result = job.work(lambda done, total, text="": None)
+    del params                                                  # the widget let go of it
+    rois = job.finish(result)
+    assert len(rois) == 1 and job.params.rois == rois
+    assert logic.refine_job(job.params).params is job.params     # the chained Refine plans
+
+    job = logic.detect_job(job.params)
+    result = job.work(lambda done, total, text="": None)
+    headless.scene.Clear(0)                                     # File > Close scene meanwhile
+    with pytest.raises(NoduleSAMError, match="scene was closed"):
+        job.finish(result)
+    assert headless.scene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems() == 0
+    assert headless.scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 0

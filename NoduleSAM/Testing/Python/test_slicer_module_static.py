@@ -119,3 +119,58 @@ def test_module_file_is_thin_and_scene_has_no_qt():
     module = ast.parse((MODULE / "NoduleSAM.py").read_text())
     classes = {node.name for node in module.body if isinstance(node, ast.ClassDef)}
     assert {"NoduleSAM", "NoduleSAMWidget", "NoduleSAMTest"} <= classes
+
+
+def _widget_methods() -> dict[str, ast.FunctionDef]:
+    module = ast.parse((MODULE / "NoduleSAM.py").read_text())
+    widget, = (node for node in module.body
+               if isinstance(node, ast.ClassDef) and node.name == "NoduleSAMWidget")
+    return {f.name: f for f in widget.body if isinstance(f, ast.FunctionDef)}
+
+
+def _self_calls(function: ast.FunctionDef) -> set[str]:
+    """``self.a.b(...)`` -> "a.b", ``self.f(...)`` -> "f" for every call in ``function``."""
+    out = set()
+    for call in ast.walk(function):
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
+            parts, node = [call.func.attr], call.func.value
+            while isinstance(node, ast.Attribute):
+                parts.append(node.attr)
+                node = node.value
+            if isinstance(node, ast.Name) and node.id == "self":
+                out.add(".".join(reversed(parts)))
+    return out
+
+
+def test_cleanup_stops_every_timer_and_unbinds_the_gui():
+    """Slicer calls cleanup() when the module goes (application exit, module reload): a timer
+    left running would call into a dead widget."""
+    methods = _widget_methods()
+    timers = {target.attr for node in ast.walk(methods["setup"]) if isinstance(node, ast.Assign)
+              and isinstance(node.value, ast.Call) and getattr(node.value.func, "attr", "") == "QTimer"
+              for target in node.targets if isinstance(target, ast.Attribute)}
+    assert timers == {"_timer", "_tableTimer"}
+    calls = _self_calls(methods["cleanup"])
+    assert {f"{timer}.stop" for timer in timers} <= calls, calls
+    assert {"_cancel.set", "setParameterNode", "removeObservers"} <= calls, calls
+    unbind = [c for c in ast.walk(methods["cleanup"]) if isinstance(c, ast.Call)
+              and getattr(c.func, "attr", "") == "setParameterNode"]
+    assert [a.value for a in unbind[0].args] == [None]
+    assert "_parameterNode.disconnectGui" in _self_calls(methods["setParameterNode"])
+
+
+def test_leaving_the_module_keeps_the_job():
+    """exit() unbinds the GUI but leaves the running job (and its poll timer) alone; the job
+    finishes, and chains Auto-segment's Refine, on its own parameters."""
+    methods = _widget_methods()
+    for name in ("exit", "enter", "onSceneStartClose"):
+        assigned = {t.attr for node in ast.walk(methods[name]) if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Attribute)}
+        assert "_job" not in assigned, f"{name}() drops the running job"
+        assert "_timer.stop" not in _self_calls(methods[name]), f"{name}() stops the job's poll"
+    finish = methods["finishJob"]
+    chained = [c for c in ast.walk(finish) if isinstance(c, ast.Call)
+               and isinstance(c.func, ast.Name) and c.func.id == "then"]
+    assert chained and ast.unparse(chained[0].args[0]) == "job.params"
+    params = ast.unparse(methods["params"])
+    assert "self._parameterNode is None" in params and "get_or_create" in params
