@@ -31,8 +31,10 @@ OBLIQUE_WARNING_DEG = 5.0
 # Slices further apart than this get a warning: small nodules may fall between them.
 THICK_SLICES_MM = 3.0
 # What each slice of a DICOM series must carry, and how many numbers.
+# RescaleSlope and RescaleIntercept are required (type 1) in a CT image: without them the
+# stored values are not HU, and a missing intercept would shift every voxel (often by 1024).
 REQUIRED_TAGS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2,
-                 "Rows": 1, "Columns": 1}
+                 "Rows": 1, "Columns": 1, "RescaleSlope": 1, "RescaleIntercept": 1}
 
 
 @dataclass
@@ -204,8 +206,8 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
             raise NoduleSAMError(f"{file}: broken DICOM pixel data ({err})") from None
         if pixels.shape != hu.shape[1:]:
             raise NoduleSAMError(f"{file}: slice is {pixels.shape}, others {hu.shape[1:]}")
-        slope = _numbers(ds, "RescaleSlope", 1, file, default=1.0)[0]
-        intercept = _numbers(ds, "RescaleIntercept", 1, file, default=0.0)[0]
+        slope = _numbers(ds, "RescaleSlope", 1, file)[0]
+        intercept = _numbers(ds, "RescaleIntercept", 1, file)[0]
         hu[k] = pixels * slope + intercept
 
     direction = np.column_stack([row_dir, col_dir, normal])
@@ -276,15 +278,12 @@ def _refuse_gantry_tilt(positions: np.ndarray, normal: np.ndarray, pixel_mm: flo
             "geometry regularization' on, harden the transform, save it as NRRD and segment that")
 
 
-def _numbers(header, keyword: str, count: int, file: Path, default: float | None = None):
-    """The ``count`` finite numbers of DICOM attribute ``keyword``; ``[default]`` when it is absent
-    and a default is given."""
+def _numbers(header, keyword: str, count: int, file: Path) -> np.ndarray:
+    """The ``count`` finite numbers of DICOM attribute ``keyword``, or a one-line error."""
     value = header.get(keyword)
     if value is None or value == "":
-        if default is not None:
-            return np.array([default])
-        raise NoduleSAMError(f"{file}: has no {keyword}, which NoduleSAM needs on every slice to "
-                             "place it in 3D. Export the series again with its geometry tags")
+        raise NoduleSAMError(f"{file}: has no {keyword}, which NoduleSAM needs on every CT slice "
+                             "(geometry and HU rescale). Export the series again with all its tags")
     values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
     try:
         numbers = np.array([float(v) for v in values])
@@ -381,11 +380,12 @@ def check_ct(volume: CTVolume) -> None:
     lo, hi = float(hu.min()), float(hu.max())
     if lo == hi:
         raise NoduleSAMError(f"{name}: is constant ({lo}); there is nothing to segment")
-    if lo > -500 or hi < 0:
+    low = _low_value(hu)
+    if low > -500 or hi < 0:
         raise NoduleSAMError(
-            f"{name}: values {lo:.0f}..{hi:.0f} do not look like a CT in Hounsfield units "
-            "(air should be near -1000 HU). Is it another modality, or a CT saved without its "
-            "rescale slope/intercept?")
+            f"{name}: values {lo:.0f}..{hi:.0f} (1 % below {low:.0f}) do not look like a CT in "
+            "Hounsfield units (air and lung are below -500 HU). Is it another modality, or a CT "
+            "saved without its rescale slope/intercept?")
     axes, oblique_deg = axial_axes(volume.ijk_to_lps)
     if axes != (0, 1, 2):
         plane = PLANES[int(np.argmax(np.abs(volume.direction_lps[:, 2])))]
@@ -405,6 +405,20 @@ def check_ct(volume: CTVolume) -> None:
         warnings.append(f"slices are {volume.spacing_zyx_mm[0]:.1f} mm apart: nodules smaller "
                         "than that may be missed and volumes are coarse")
     volume.warnings.extend(w for w in warnings if w not in volume.warnings)
+
+
+def _low_value(hu: np.ndarray) -> float:
+    """The 1st percentile of the voxels, leaving out a fill value: the minimum, where it is below
+    any air (-1010 HU) and covers 1 % or more (the corners outside the scanner's field of view,
+    often -2048 or -3024 HU). A CT saved without its rescale intercept keeps such a fill below
+    -500 while its air is near 0; air and lung put far more than 1 % of a chest CT, or of a crop
+    of one around a nodule, below -500 HU."""
+    sample = hu[::2, ::2, ::2] if hu.size > 1_000_000 else hu
+    sample = sample[np.isfinite(sample)]
+    fill = sample.min()
+    if fill < -1010 and np.count_nonzero(sample == fill) >= 0.01 * sample.size:
+        sample = sample[sample > fill]
+    return float(np.percentile(sample, 1)) if sample.size else float(fill)
 
 
 def window(hu: np.ndarray, lo_hu: float, hi_hu: float) -> np.ndarray:

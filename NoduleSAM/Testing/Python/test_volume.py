@@ -103,7 +103,8 @@ def edit_slice(file, **values):
 
 
 @pytest.mark.parametrize("keyword", ["PixelSpacing", "ImageOrientationPatient",
-                                     "ImagePositionPatient", "Rows", "Columns"])
+                                     "ImagePositionPatient", "Rows", "Columns", "RescaleSlope",
+                                     "RescaleIntercept"])
 def test_missing_geometry_tag_is_one_line_error(series_0001, tmp_path, keyword):
     files = copy_slices(series_0001, tmp_path / "s")
     # the last slice: without its position it used to be dropped silently (5 slices read)
@@ -217,6 +218,15 @@ def test_oblique_volumes_warned_or_refused(axial_block, tmp_path):
                                  rotation_about_x(70)))
     assert steep.warnings[0].startswith("reoriented from coronal")
     assert steep.warnings[1].startswith("slices are 20 deg from axial")
+
+
+def test_ct_without_its_rescale_is_refused(ct_0001, tmp_path):
+    """The stored values of LIDC-IDRI-0001 (HU + 1024): the fill outside the field of view is
+    still at -1024, which fooled a check on the minimum; air and lung are not below -500."""
+    stored = (ct_0001.hu[40:60] + 1024).astype(np.int16)
+    expect_error(write_image(tmp_path / "stored.nrrd", stored), "(1 % below",
+                 "do not look like a CT in Hounsfield units", "rescale")
+    assert read_ct(write_image(tmp_path / "hu.nrrd", ct_0001.hu[40:60].astype(np.int16)))
 
 
 def test_thick_slices_are_warned(axial_block, tmp_path):
