@@ -423,7 +423,29 @@ class NoduleSAMTest(ScriptedLoadableModuleTest):
         if missing:
             self.delayDisplay(f"NoduleSAM self-test skipped: missing {', '.join(missing)}")
             return
+        self.test_parameter_pack()
         self.test_scenarios()
+
+    def test_parameter_pack(self):
+        """The GUI's ``@parameterNodeWrapper`` pack (parameterPackClass) and ``scene.Parameters``
+        read and write the same parameter node, each seeing what the other wrote."""
+        from NoduleSAMLib import scene
+
+        self.setUp()
+        params = scene.Parameters.get_or_create(slicer.mrmlScene)
+        pack = parameterPackClass()(params.node)
+        for parameter in scene.PARAMETERS:
+            self.assertEqual(getattr(pack, parameter.name), getattr(params, parameter.name),
+                             parameter.name)
+        pack.cropMargin, pack.expansion, pack.mirroring = 17, 0.25, True
+        self.assertEqual((params.cropMargin, params.expansion, params.mirroring), (17, 0.25, True))
+        params.sensitivity, params.refiner = scene.fpr_mod.SENSITIVITIES[0], "litemedsam"
+        self.assertEqual((pack.sensitivity, pack.refiner), (params.sensitivity, "litemedsam"))
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "pack test")
+        pack.inputVolume = volume
+        self.assertIs(params.inputVolume, volume)
+        params.inputVolume = None
+        self.assertIsNone(pack.inputVolume)
 
     def test_scenarios(self):
         from NoduleSAMLib import scenarios
@@ -436,6 +458,10 @@ class NoduleSAMTest(ScriptedLoadableModuleTest):
         scenarios.roi_edits(slicer.mrmlScene, volumeNode, case)
         self.delayDisplay("Cancel and errors leave the scene as it was")
         scenarios.cancel_and_errors(slicer.mrmlScene, volumeNode, case)
+        self.setUp()
+        volumeNode = scenarios.volume_round_trip(slicer.mrmlScene, case)
+        self.delayDisplay("Cancel in the middle of Detect and of Refine")
+        scenarios.cancel_midway(slicer.mrmlScene, volumeNode, case)
         self.setUp()
         volumeNode = scenarios.volume_round_trip(slicer.mrmlScene, case)
         self.delayDisplay("Refine, edit, refine again")

@@ -129,17 +129,18 @@ class Detector:
             network, plans_manager, configuration_manager, parameters, dataset_json, trainer_name,
             first.get("inference_allowed_mirroring_axes"))
 
-    def predict(self, volume: CTVolume, progress=None,
-                slices_per_batch: int = SLICES_PER_BATCH) -> Detection:
+    slices_per_batch = SLICES_PER_BATCH
+
+    def predict(self, volume: CTVolume, progress=None) -> Detection:
         """Foreground probability and mask for every slice of ``volume`` (HU, ``[z, y, x]``).
 
         progress: optional callable(done_slices, total_slices), called after each batch of
-          ``slices_per_batch`` slices; raising from it stops the prediction (a GUI's Cancel).
-          The model is 2D, so batches give the same result as one call over the whole volume.
+          ``self.slices_per_batch`` slices; raising from it stops the prediction (a GUI's
+          Cancel). The model is 2D, so batches give the result of one call over the volume.
         """
         spacing = [float(v) for v in volume.spacing_zyx_mm]
         depth = volume.hu.shape[0]
-        step = depth if progress is None else max(1, slices_per_batch)
+        step = depth if progress is None else max(1, self.slices_per_batch)
         probability, mask = [], []
         for z0 in range(0, depth, step):
             seg, probabilities = self.predictor.predict_single_npy_array(

@@ -388,7 +388,8 @@ def save_and_reload(params, save_reload, logic: sc.Logic):
 
 
 def cancel_and_errors(scene, volume_node, case: Case, logic: sc.Logic | None = None):
-    """Cancel during a job's work, a missing detector, and no boxes: the scene stays as it was."""
+    """Cancel before a job's first step (see :func:`cancel_midway` for Cancel after real work),
+    a missing detector, and no boxes: the scene stays as it was."""
     import threading
 
     logic = logic or sc.Logic()
@@ -419,6 +420,90 @@ def cancel_and_errors(scene, volume_node, case: Case, logic: sc.Logic | None = N
     expect_user_error(lambda: logic.detect(params), "neither a registry name", "a missing detector")
     check(scene.GetNumberOfNodes() == before, "a failed Detect changed the scene")
     params.detector = sc.models.DEFAULT_DETECTOR
+
+
+def work_until_cancelled(job: sc.Job, cancel_when) -> tuple[list, list]:
+    """Run ``job.work`` on a worker thread, as the widget does, and press Cancel (set the flag
+    that the widget's progress checks) as soon as ``cancel_when(done, total, text)`` holds.
+
+    Returns (outcome, reports): outcome is ``[result]`` or ``["cancelled"]``; reports are the
+    progress reports the work made before it stopped.
+    """
+    import threading
+
+    cancel, reports, outcome = threading.Event(), [], []
+
+    def progress(done, total, text=""):
+        if cancel.is_set():
+            raise sc.Cancelled()
+        reports.append((done, total, text))
+        if cancel_when(done, total, text):
+            cancel.set()
+
+    def worker():
+        try:
+            outcome.append(job.work(progress))
+        except sc.Cancelled:
+            outcome.append("cancelled")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    return outcome, reports
+
+
+def cancel_midway(scene, volume_node, case: Case, logic: sc.Logic | None = None):
+    """Cancel pressed after real work: in Detect after the detector's first batch of slices, in
+    Refine after the first of two nodules. The work stops at the next check, nothing is written
+    (no ROI, segment, segmentation or table), and the next Detect and Refine run normally:
+    Detect finds what an uninterrupted run finds, Refine segments both nodules."""
+    logic = logic or sc.Logic()
+    params = sc.Parameters.get_or_create(scene)
+    params.inputVolume = volume_node
+    params.fpr = "none"  # the detector's own candidates: the classifier rejects the crop's
+    config = logic._config(params)
+    logic.detector(config).slices_per_batch = 1          # a check after every slice of the crop
+    check(case.volume.hu.shape[0] >= 3, "the case needs three slices to cancel in the middle")
+    uninterrupted = logic.detect_job(params).work(lambda done, total, text="": None)
+    check(len(uninterrupted) >= 1, "the detector found nothing on the case")
+
+    nodes = scene.GetNumberOfNodes()
+    outcome, reports = work_until_cancelled(logic.detect_job(params),
+                                            lambda done, total, text: text.startswith("detecting")
+                                            and done >= 1)
+    detected = [r for r in reports if r[2].startswith("detecting")]
+    check(outcome == ["cancelled"], f"Cancel did not stop Detect: {outcome}")
+    check([r[0] for r in detected] == [1], f"Detect ran on after Cancel: {reports}")
+    check(scene.GetNumberOfNodes() == nodes and not params.rois and params.candidateTable is None,
+          "a cancelled Detect changed the scene")
+    rois = logic.detect(params)
+    check([sc.box_from_roi(r, volume_node) for r in rois] == [c.box_ijk for c in uninterrupted],
+          "Detect after a cancelled one differs from an uninterrupted Detect")
+    for roi in rois:
+        scene.RemoveNode(roi)
+    params.fpr = sc.models.DEFAULT_FPR
+
+    first, = logic.add_candidates(params, case.candidates())
+    second = sc.add_roi(params)
+    sc.set_roi_to_box(second, volume_node, case.user_box())
+    nodes = scene.GetNumberOfNodes()
+    outcome, reports = work_until_cancelled(logic.refine_job(params),
+                                            lambda done, total, text: text.startswith("refined")
+                                            and done >= 1)
+    check(outcome == ["cancelled"], f"Cancel did not stop Refine: {outcome}")
+    check((1, 2, "refined 1 of 2") in reports and not any(r[0] == 2 for r in reports),
+          f"Refine should stop during the second nodule: {reports}")
+    check(logic.refiner(config).encoder_calls > 0, "the refiner did no work before Cancel")
+    check(scene.GetNumberOfNodes() == nodes and params.outputSegmentation is None
+          and params.measurementTable is None
+          and not any(r.GetAttribute(sc.ROI_SEGMENT_ATTRIBUTE) for r in params.rois),
+          "a cancelled Refine wrote into the scene")
+    summary = logic.refine(params)
+    check(sorted(summary.refined) == ["Nodule 1", "Nodule 2"],
+          f"Refine after a cancelled one: {summary}")
+    score = dice(_segment_mask(params, first, case.volume.hu.shape), case.reference)
+    check(score > 0.7, f"after a cancelled Refine, Nodule 1 Dice {score:.3f}")
+    return params, logic
 
 
 def detect(scene, volume_node, logic: sc.Logic | None = None, fpr: str | None = None):

@@ -759,7 +759,8 @@ class Logic:
             progress(0, 1, "loading the detector")
             fpr = self.fpr(config)
             detector = self.detector(config)
-            pipeline = Pipeline(detector, None, config["minVolume"], config["expansion"], fpr=fpr,
+            pipeline = Pipeline(detector, None, min_volume_mm3=config["minVolume"],
+                                expansion=config["expansion"], fpr=fpr,
                                 fpr_threshold=fpr.threshold(config["sensitivity"]) if fpr else 0.0)
             # progress after every batch of slices: Cancel stops the detector there
             detection = detector.predict(volume, progress=lambda done, total: progress(

@@ -309,3 +309,13 @@ def test_a_job_finishes_on_its_own_parameters(headless, case):
         job.finish(result)
     assert headless.scene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems() == 0
     assert headless.scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 0
+
+
+def test_cancel_midway_writes_nothing(headless, case):
+    """Cancel after the detector's first slice and after the first refined nodule."""
+    try:
+        models.detector_folder(models.DEFAULT_DETECTOR)
+    except NoduleSAMError as err:
+        pytest.skip(f"bundled detector not available: {err}")
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    scenarios.cancel_midway(headless.scene, volume_node, case)

@@ -174,3 +174,24 @@ def test_leaving_the_module_keeps_the_job():
     assert chained and ast.unparse(chained[0].args[0]) == "job.params"
     params = ast.unparse(methods["params"])
     assert "self._parameterNode is None" in params and "get_or_create" in params
+
+
+def test_self_test_runs_the_parameter_pack_and_every_scenario():
+    """parameterPackClass() needs Slicer's parameterNodeWrapper (Qt), which slicer-core lacks,
+    so the module's self-test is where it runs: it must be called there, and every scenario of
+    scenarios.py must be run by the self-test as well as by pytest."""
+    module = ast.parse((MODULE / "NoduleSAM.py").read_text())
+    test, = (node for node in module.body if isinstance(node, ast.ClassDef) and node.name == "NoduleSAMTest")
+    methods = {f.name: f for f in test.body if isinstance(f, ast.FunctionDef)}
+    assert {"test_parameter_pack", "test_scenarios"} <= _self_calls(methods["runTest"])
+    pack_calls = {c.func.id for c in ast.walk(methods["test_parameter_pack"])
+                  if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+    assert "parameterPackClass" in pack_calls
+    called = {c.func.attr for c in ast.walk(methods["test_scenarios"]) if isinstance(c, ast.Call)
+              and isinstance(c.func, ast.Attribute) and getattr(c.func.value, "id", "") == "scenarios"}
+    scenario_tree = ast.parse((MODULE / "NoduleSAMLib" / "scenarios.py").read_text())
+    scenario_names = {"volume_round_trip", "roi_edits", "cancel_and_errors", "cancel_midway",
+                      "refine_and_edit", "save_and_reload", "click_refine_move"}
+    defined = {f.name for f in scenario_tree.body if isinstance(f, ast.FunctionDef)}
+    assert scenario_names <= defined
+    assert scenario_names <= called, f"not in the self-test: {sorted(scenario_names - called)}"
