@@ -319,3 +319,23 @@ def test_cancel_midway_writes_nothing(headless, case):
         pytest.skip(f"bundled detector not available: {err}")
     volume_node = sc.add_volume_node(headless.scene, case.volume)
     scenarios.cancel_midway(headless.scene, volume_node, case)
+
+
+def test_detection_in_batches_equals_one_call(case):
+    """Slicer's Detect runs the 2D detector a batch of slices at a time (so Cancel can stop
+    it); the result is that of the command line's single call."""
+    from NoduleSAMLib.detect import Detector
+
+    try:
+        detector = Detector(models.detector_folder(models.DEFAULT_DETECTOR))
+    except NoduleSAMError as err:
+        pytest.skip(f"bundled detector not available: {err}")
+    detector.predictor.allow_tqdm = False
+    whole = detector.predict(case.volume)
+    detector.slices_per_batch = 2
+    reports = []
+    batched = detector.predict(case.volume, progress=lambda done, total: reports.append((done, total)))
+    depth = case.volume.hu.shape[0]
+    assert reports == [(min(z + 2, depth), depth) for z in range(0, depth, 2)]
+    np.testing.assert_allclose(batched.probability, whole.probability, atol=1e-6)
+    assert np.array_equal(batched.mask, whole.mask)
