@@ -123,25 +123,25 @@ def read_image_file(path: Path) -> CTVolume:
     if image.GetDimension() != 3:
         raise NoduleSAMError(f"{path}: is a {image.GetDimension()}D image; NoduleSAM needs a 3D CT")
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        _refuse_non_finite_nifti(path)
+        _check_nifti_data(path)
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     return CTVolume.from_lps(hu, image.GetSpacing(), image.GetOrigin(), direction, str(path))
 
 
-def _refuse_non_finite_nifti(path: Path) -> None:
-    """ITK's NIfTI reader turns NaN and infinite voxels into 0 HU (soft tissue, silently): look at
-    the values stored in the file instead. Only floating-point files can hold them."""
+def _check_nifti_data(path: Path) -> None:
+    """Read a NIfTI file's stored voxels with nibabel and refuse a truncated file or non-finite
+    values. ITK's NIfTI reader accepts both silently: it fills a truncated .nii or .nii.gz
+    with whatever it has, and turns NaN and infinite voxels into 0 HU (soft tissue)."""
     import nibabel
 
     try:
-        image = nibabel.load(path)
-        if not np.issubdtype(image.header.get_data_dtype(), np.floating):
-            return
-        stored = np.asanyarray(image.dataobj.get_unscaled())
+        stored = np.asanyarray(nibabel.load(path).dataobj.get_unscaled())
     except Exception as err:  # nibabel raises many types for damaged files
-        raise NoduleSAMError(f"{path}: cannot read the image data ({err})") from None
-    _refuse_non_finite(stored, str(path))
+        raise NoduleSAMError(f"{path}: cannot read the image data, the file is truncated or "
+                             f"damaged ({str(err).strip().splitlines()[0]})") from None
+    if np.issubdtype(stored.dtype, np.floating):
+        _refuse_non_finite(stored, str(path))
 
 
 def _refuse_non_finite(values: np.ndarray, name: str) -> None:

@@ -354,6 +354,19 @@ def test_non_finite_voxels_are_refused(tmp_path, suffix, bad):
     expect_error(path, "1 voxel(s) are NaN or infinite", "Fill them")
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_truncated_image_file_is_refused(tmp_path, suffix):
+    """ITK's NIfTI reader reads half a file without a word (checked here); NRRD and MHA fail."""
+    hu = np.random.default_rng(0).integers(-1024, 400, size=(20, 64, 64)).astype(np.int16)
+    image = sitk.GetImageFromArray(hu)
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(image, str(path), useCompression=True)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    if suffix.startswith(".nii"):
+        assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).shape == hu.shape
+    expect_error(path, "cannot read the image")
+
+
 def test_nifti_written_by_nibabel_with_nan(tmp_path):
     import nibabel
 
