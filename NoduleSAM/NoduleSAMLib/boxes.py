@@ -12,13 +12,13 @@ import numpy as np
 from scipy import ndimage
 
 from .geometry import clip_box3d, expand_box2d
+from .settings import CandidateSettings
 
-# Defaults, chosen on the LIDC VOIs (see ../shared/notes/stack.md and docs/architecture.md):
-# a tight box plus 2 px is what LiteMedSAM segments best on ~44 px crops.
-MIN_VOLUME_MM3 = 15.0   # a 3 mm sphere is 14 mm3; LIDC counts nodules from 3 mm
-EXPANSION = 0.0         # each side of a prompt box moves out by this fraction of the box size ...
-PAD_PX = 2.0            # ... plus this many pixels
-MIN_DEPTH_RATIO = 0.35  # drop detections much thinner in z than wide (see round_enough)
+# Defaults: settings.CandidateSettings (their one home, with the reasons).
+MIN_VOLUME_MM3 = CandidateSettings.min_volume_mm3
+EXPANSION = CandidateSettings.expansion
+PAD_PX = CandidateSettings.pad_px
+MIN_DEPTH_RATIO = CandidateSettings.min_depth_ratio
 DENSE_HU = -500.0       # nodule tissue for the depth of a detection (depth_ratio)
 
 
@@ -186,10 +186,22 @@ def depth_ratio(candidate: Candidate, spacing_zyx_mm, hu: np.ndarray | None = No
     present = np.flatnonzero(mask.any(axis=(1, 2))) + candidate.box_ijk[0]
     first, last = int(present[0]), int(present[-1])
     if hu is not None:
-        z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+        _, _, y0, y1, x0, x1 = candidate.box_ijk
+        # the box grown by half its size on each side: a nodule's next slice lies within it,
+        # while a vessel or the pleura runs on beyond it
+        gy, gx = (y1 - y0) // 2 + 1, (x1 - x0) // 2 + 1
+        wide = np.s_[max(y0 - gy, 0):y1 + gy, max(x0 - gx, 0):x1 + gx]
+        inner = np.zeros(hu.shape[1:], bool)
+        inner[y0:y1, x0:x1] = footprint
 
         def dense(z: int) -> bool:
-            return 0 <= z < hu.shape[0] and (hu[z, y0:y1, x0:x1][footprint] > dense_hu).mean() >= 0.5
+            if not 0 <= z < hu.shape[0]:
+                return False
+            tissue = hu[z] > dense_hu
+            if tissue[inner].mean() < 0.5:
+                return False
+            near = _component_touching(tissue[wide], inner[wide])
+            return near.sum() <= 2 * footprint.sum()
 
         reach = int(np.ceil(width / sz))  # beyond this the ratio is 1 or more anyway
         while first > present[0] - reach and dense(first - 1):
@@ -197,6 +209,13 @@ def depth_ratio(candidate: Candidate, spacing_zyx_mm, hu: np.ndarray | None = No
         while last < present[-1] + reach and dense(last + 1):
             last += 1
     return float((last - first + 1) * sz / width)
+
+
+def _component_touching(mask2d: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The 8-connected parts of ``mask2d`` that overlap ``seed``."""
+    labels, _ = ndimage.label(mask2d, structure=np.ones((3, 3), bool))
+    touched = np.unique(labels[seed & mask2d])
+    return np.isin(labels, touched[touched > 0])
 
 
 def round_enough(candidates: list[Candidate], spacing_zyx_mm, min_ratio: float,

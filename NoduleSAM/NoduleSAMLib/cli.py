@@ -25,56 +25,72 @@ def resolve_device(device: str) -> str:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    from .boxes import EXPANSION, MIN_DEPTH_RATIO, MIN_VOLUME_MM3, PAD_PX
-    from .fpr import DEFAULT_SENSITIVITY, SENSITIVITIES
-    from .refine import RefineSettings
+    """The engine options; every default is ``settings.DEFAULTS``'s."""
+    from .settings import DEFAULTS, DEVICES, ENCODERS, SENSITIVITIES
 
-    defaults = RefineSettings()
-    parser.add_argument("--detector", default=models.DEFAULT_DETECTOR,
+    c, r = DEFAULTS.candidates, DEFAULTS.refine
+    parser.add_argument("--detector", default=DEFAULTS.detector,
                         help="registry name or nnU-Net v2 2D results folder (default: %(default)s)")
-    parser.add_argument("--folds", default="0", help="detector folds to ensemble, e.g. 0,1,2")
-    parser.add_argument("--detector-checkpoint", default=None,
+    parser.add_argument("--folds", default=DEFAULTS.folds,
+                        help="detector folds to ensemble, e.g. 0,1,2 or all (default: %(default)s)")
+    parser.add_argument("--detector-checkpoint", default=DEFAULTS.detector_checkpoint,
                         help="checkpoint file name inside each fold folder (default: the model's)")
     parser.add_argument("--mirroring", action="store_true", help="test-time mirroring (4x slower)")
-    parser.add_argument("--fpr", default=models.DEFAULT_FPR,
+    parser.add_argument("--fpr", default=DEFAULTS.fpr,
                         help="candidate classifier that scores, orders and filters the detector's "
                              "candidates: registry name, folder, or 'none' (default: %(default)s)")
-    parser.add_argument("--sensitivity", default=DEFAULT_SENSITIVITY, choices=SENSITIVITIES,
+    parser.add_argument("--sensitivity", default=c.sensitivity, choices=SENSITIVITIES,
                         help="operating point: high (about 2 false positives per scan), balanced "
                              "(about 1) or specific (about 1/4), read off the validation FROC "
                              "(docs/evaluation.md; default: %(default)s)")
     parser.add_argument("--no-blobs", action="store_true",
                         help="do not add the blob filter's candidates to the detector's (they are "
                              "added only with a classifier, which scores them)")
-    parser.add_argument("--refiner", default=models.DEFAULT_REFINER, choices=list(models.REFINERS),
+    parser.add_argument("--refiner", default=DEFAULTS.refiner, choices=list(models.REFINERS),
                         help="SAM-family refiner (default: %(default)s)")
-    parser.add_argument("--checkpoint", default=None, help="refiner checkpoint file (SAM/MedSAM)")
+    parser.add_argument("--checkpoint", default=DEFAULTS.checkpoint,
+                        help="refiner checkpoint file (SAM/MedSAM)")
     parser.add_argument("--no-refine", action="store_true", help="keep the detector's masks")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--encoder", default="auto", choices=["auto", "torch", "openvino"],
+    parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
+    parser.add_argument("--encoder", default=DEFAULTS.encoder, choices=ENCODERS,
                         help="the refiner's image encoder backend: auto takes OpenVINO on a CPU "
                              "where it is installed (pip install openvino; the same masks, "
                              "about 20 %% faster), else torch (default: %(default)s)")
     parser.add_argument("--bf16", action="store_true",
                         help="bfloat16 autocast for the refiner's image encoder: for GPUs and CPUs "
                              "with bf16 instructions; far slower on CPUs without (BENCHMARKS.md)")
-    parser.add_argument("--min-volume", type=float, default=MIN_VOLUME_MM3,
+    parser.add_argument("--min-volume", type=float, default=c.min_volume_mm3,
                         help="smallest detected nodule kept, mm3 (default: %(default)s)")
-    parser.add_argument("--min-in-lungs", type=float, default=0.5,
+    parser.add_argument("--min-in-lungs", type=float, default=c.min_in_lungs,
                         help="drop candidates with less of their volume inside the lung fields "
                              "(fraction, 0 keeps all; default: %(default)s)")
-    parser.add_argument("--min-depth-ratio", type=float, default=MIN_DEPTH_RATIO,
+    parser.add_argument("--min-depth-ratio", type=float, default=c.min_depth_ratio,
                         help="drop candidates whose depth in z is less than this fraction of their "
                              "width (flat detections: vessels, pleura; 0 keeps all; default: %(default)s)")
-    parser.add_argument("--expansion", type=float, default=EXPANSION,
+    parser.add_argument("--expansion", type=float, default=c.expansion,
                         help="prompt box growth per side, fraction of its size (default: %(default)s)")
-    parser.add_argument("--pad-px", type=float, default=PAD_PX,
+    parser.add_argument("--pad-px", type=float, default=c.pad_px,
                         help="prompt box growth per side, pixels (default: %(default)s)")
-    parser.add_argument("--detector-weight", type=float, default=defaults.detector_weight,
+    parser.add_argument("--detector-weight", type=float, default=r.detector_weight,
                         help="weight of the detector's probability in its vote with SAM on detected "
                              "boxes (0: SAM's mask alone; default: %(default)s)")
-    parser.add_argument("--crop-margin", type=int, default=defaults.crop_margin_px,
+    parser.add_argument("--crop-margin", type=int, default=r.crop_margin_px,
                         help="context around the box in the refiner's crop, px (default: %(default)s)")
+
+
+def settings_from_args(args):
+    """The ``Settings`` of a run from the engine options."""
+    from .settings import CandidateSettings, RefineSettings, Settings
+
+    return Settings(
+        detector=args.detector, folds=args.folds, detector_checkpoint=args.detector_checkpoint,
+        mirroring=args.mirroring, fpr=args.fpr, refiner=args.refiner, checkpoint=args.checkpoint,
+        device=args.device, encoder=args.encoder, bf16=args.bf16,
+        candidates=CandidateSettings(
+            min_volume_mm3=args.min_volume, expansion=args.expansion, pad_px=args.pad_px,
+            min_in_lungs=args.min_in_lungs, min_depth_ratio=args.min_depth_ratio,
+            blobs=not args.no_blobs, sensitivity=args.sensitivity),
+        refine=RefineSettings(crop_margin_px=args.crop_margin, detector_weight=args.detector_weight))
 
 
 def parse_folds(text: str) -> tuple:
@@ -102,31 +118,27 @@ def check_options(args) -> None:
         raise NoduleSAMError(f"--crop-margin {args.crop_margin}: must be >= 0")
 
 
-def build_pipeline(args, need_detector: bool):
-    """A Pipeline from command-line options (shared by segment and demo)."""
+def build_pipeline(settings, need_detector: bool, refine: bool = True):
+    """A Pipeline from a run's ``Settings`` (shared by the command line and the Slicer module)."""
     from .detect import Detector
     from .pipeline import Pipeline
-    from .refine import BoxRefiner, RefineSettings
+    from .refine import BoxRefiner
 
-    device = resolve_device(args.device)
+    device = resolve_device(settings.device)
     detector, fpr, threshold = None, None, 0.0
     if need_detector:
-        folds = parse_folds(args.folds)
-        detector = Detector(models.detector_folder(args.detector), folds,
-                            args.detector_checkpoint, device, args.mirroring)
-        if args.fpr != "none":
+        detector = Detector(models.detector_folder(settings.detector), parse_folds(settings.folds),
+                            settings.detector_checkpoint, device, settings.mirroring)
+        if settings.fpr != "none":
             from .fpr import FalsePositiveReducer
 
-            fpr = FalsePositiveReducer(models.fpr_folder(args.fpr), device)
-            threshold = fpr.threshold(args.sensitivity)
+            fpr = FalsePositiveReducer(models.fpr_folder(settings.fpr), device)
+            threshold = fpr.threshold(settings.candidates.sensitivity)
     refiner = None
-    if not args.no_refine:
-        settings = RefineSettings(crop_margin_px=args.crop_margin,
-                                  detector_weight=args.detector_weight)
-        refiner = BoxRefiner(models.build_sam(args.refiner, args.checkpoint, device), settings,
-                             bf16=args.bf16, encoder=args.encoder)
-    return Pipeline(detector, refiner, args.min_volume, args.expansion, args.pad_px,
-                    args.min_in_lungs, args.min_depth_ratio, fpr, threshold, not args.no_blobs)
+    if refine:
+        refiner = BoxRefiner(models.build_sam(settings.refiner, settings.checkpoint, device),
+                             settings.refine, bf16=settings.bf16, encoder=settings.encoder)
+    return Pipeline(detector, refiner, settings.candidates, fpr, threshold)
 
 
 def run_segment(args, input_path, output: Path, report_path: Path | None,
@@ -147,8 +159,9 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
     with timed_stage(timings, "read_s"):
         volume = read_ct(input_path, getattr(args, "series", None))
     given = boxes is not None or points is not None
+    settings = settings_from_args(args)
     with timed_stage(timings, "load_models_s"):
-        pipeline = build_pipeline(args, need_detector=not given)
+        pipeline = build_pipeline(settings, need_detector=not given, refine=not args.no_refine)
     result = pipeline.run(volume, boxes, points)
     result.timings_s = timings | result.timings_s
     for message in result.messages + volume.warnings:
@@ -158,16 +171,11 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
                         "fpr": None if given or args.fpr == "none" else str(args.fpr),
                         "refiner": None if args.no_refine else args.refiner,
                         "refiner_checkpoint": args.checkpoint},
-             "settings": {"min_volume_mm3": args.min_volume, "min_in_lungs": args.min_in_lungs,
-                          "min_depth_ratio": args.min_depth_ratio,
-                          "sensitivity": None if given or args.fpr == "none" else args.sensitivity,
-                          "fpr_threshold": pipeline.fpr_threshold if pipeline.fpr is not None else None,
-                          "blob_candidates": pipeline.blobs and pipeline.fpr is not None,
-                          "expansion": args.expansion,
-                          "pad_px": args.pad_px, "crop_margin_px": args.crop_margin,
-                          "detector_weight": args.detector_weight,
-                          "mirroring": args.mirroring, "bf16": args.bf16,
-                          "encoder": pipeline.refiner.encoder_name if pipeline.refiner else None}}
+             "settings": settings.to_dict(),
+             "applied": {"sensitivity": None if given or args.fpr == "none" else args.sensitivity,
+                         "fpr_threshold": pipeline.fpr_threshold if pipeline.fpr is not None else None,
+                         "blob_candidates": pipeline.settings.blobs and pipeline.fpr is not None,
+                         "encoder": pipeline.refiner.encoder_name if pipeline.refiner else None}}
     report = report_dict(result, extra)
     if report_path is not None:
         write_report(report, report_path)

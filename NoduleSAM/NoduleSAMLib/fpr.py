@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NoduleSAMError
+from .settings import SENSITIVITIES, CandidateSettings
 
 PATCH = 32
 FOV_FACTOR = 2.0
 MIN_FOV_MM = 32.0
 MAX_FOV_MM = 128.0
 HU_RANGE = (-1000.0, 500.0)
-SENSITIVITIES = ("high", "balanced", "specific")
 # A missed nodule costs a radiologist more than a second box to dismiss: the default keeps the
 # most candidates of the three (BENCHMARKS.md says when and how this default was chosen).
-DEFAULT_SENSITIVITY = "high"
+DEFAULT_SENSITIVITY = CandidateSettings.sensitivity
 
 
 def build_network():

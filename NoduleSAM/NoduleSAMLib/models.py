@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import NoduleSAMError
+from .settings import DEFAULTS
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
-DEFAULT_REFINER = "litemedsam"
-DEFAULT_DETECTOR = "nodule-detector"
-DEFAULT_FPR = "nodule-fpr"
+DEFAULT_REFINER = DEFAULTS.refiner
+DEFAULT_DETECTOR = DEFAULTS.detector
+DEFAULT_FPR = DEFAULTS.fpr
 
 
 def cache_dir() -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -18,6 +18,7 @@ from .lungs import lung_mask, shows_whole_chest
 from .measure import measure_nodule
 from .prompts import box_from_click, candidates_from_boxes, candidates_from_points
 from .refine import BoxRefiner
+from .settings import CandidateSettings
 from .volume import CTVolume
 
 
@@ -79,39 +80,28 @@ class Pipeline:
 
     detector: a ``detect.Detector`` (None: only given boxes can be refined).
     refiner: a ``refine.BoxRefiner`` (None: the detector's masks are the result).
-    min_volume_mm3, expansion, pad_px: how detector masks become candidates (see boxes.py).
-    min_in_lungs: drop candidates with less than this fraction inside the lung fields (lungs.py;
-      0 keeps all). On the demo CT it removes 7 of 25 candidates (in bone, soft tissue, the
-      scan's first slices) and keeps the lesion. Applied only to volumes that show the whole
-      chest cross-section (not to crops such as LIDC VOIs).
-    min_depth_ratio: drop candidates much thinner in z than wide (``boxes.round_enough``; 0
-      keeps all). Not applied to candidates reaching the volume's first or last slice, whose
-      depth is cut off (so a one-slice volume keeps all).
+    settings: how detector masks become candidates (``settings.CandidateSettings``, defaults
+      there); keyword ``changes`` override single fields, e.g. ``Pipeline(d, min_in_lungs=0)``.
+      The lung gate (``min_in_lungs``) is applied only to volumes that show the whole chest
+      cross-section (not to crops such as LIDC VOIs): on the demo CT it removes 7 of 25
+      candidates (in bone, soft tissue, the scan's first slices) and keeps the lesion. The flat
+      filter (``min_depth_ratio``) is not applied to candidates reaching the volume's first or
+      last slice, whose depth is cut off. Blob candidates (``blobs``) are added only with a
+      classifier, on whole-chest volumes, where they touch no detector component.
     fpr: a ``fpr.FalsePositiveReducer`` (None: candidates keep the detector's score). Its nodule
       probability becomes each candidate's score and orders the list; candidates scoring below
       ``fpr_threshold`` (an operating point's threshold, ``FalsePositiveReducer.threshold``) are
       dropped.
-    blobs: with a classifier, on whole-chest volumes, add the blob filter's candidates
-      (``blobs.py``) that touch no detector component before scoring, so that nodules the
-      detector missed can still be found.
     """
 
     def __init__(self, detector=None, refiner: BoxRefiner | None = None,
-                 min_volume_mm3: float = boxes_mod.MIN_VOLUME_MM3,
-                 expansion: float = boxes_mod.EXPANSION, pad_px: float = boxes_mod.PAD_PX,
-                 min_in_lungs: float = 0.5,
-                 min_depth_ratio: float = boxes_mod.MIN_DEPTH_RATIO,
-                 fpr=None, fpr_threshold: float = 0.0, blobs: bool = True):
+                 settings: CandidateSettings | None = None, fpr=None, fpr_threshold: float = 0.0,
+                 **changes):
         self.detector = detector
         self.refiner = refiner
-        self.min_volume_mm3 = min_volume_mm3
-        self.expansion = expansion
-        self.pad_px = pad_px
-        self.min_in_lungs = min_in_lungs
-        self.min_depth_ratio = min_depth_ratio
+        self.settings = replace(settings or CandidateSettings(), **changes)
         self.fpr = fpr
         self.fpr_threshold = fpr_threshold
-        self.blobs = blobs
 
     def detect(self, volume: CTVolume, timings: dict | None = None) -> list[Candidate]:
         """Candidates found by the detector, highest score first."""
@@ -129,21 +119,23 @@ class Pipeline:
         ``in_lungs`` and ``not_flat`` (when those filters are on), ``with_blobs`` (plus the blob
         filter's, when on), ``scored`` (all of the previous step's, scored by the classifier,
         when there is one) and ``kept`` (the result)."""
-        spacing = volume.spacing_zyx_mm
+        spacing, settings = volume.spacing_zyx_mm, self.settings
         stages = {"detected": boxes_mod.candidates_from_mask(
-            detection.mask, detection.probability, spacing, self.min_volume_mm3, self.expansion,
-            self.pad_px)}
+            detection.mask, detection.probability, spacing, settings.min_volume_mm3,
+            settings.expansion, settings.pad_px)}
         current = stages["detected"]
         whole_chest = shows_whole_chest(volume.hu.shape, spacing)
-        with_blobs = self.fpr is not None and self.blobs and whole_chest
-        lungs = lung_mask(volume.hu, spacing) if whole_chest and (self.min_in_lungs > 0 or with_blobs) else None
-        if self.min_in_lungs > 0 and whole_chest:
-            current = stages["in_lungs"] = boxes_mod.in_lungs(current, lungs, self.min_in_lungs)
-        if self.min_depth_ratio > 0:
-            current = stages["not_flat"] = boxes_mod.round_enough(current, spacing, self.min_depth_ratio,
+        with_blobs = self.fpr is not None and settings.blobs and whole_chest
+        lungs = (lung_mask(volume.hu, spacing)
+                 if whole_chest and (settings.min_in_lungs > 0 or with_blobs) else None)
+        if settings.min_in_lungs > 0 and whole_chest:
+            current = stages["in_lungs"] = boxes_mod.in_lungs(current, lungs, settings.min_in_lungs)
+        if settings.min_depth_ratio > 0:
+            current = stages["not_flat"] = boxes_mod.round_enough(current, spacing, settings.min_depth_ratio,
                                                                   volume.hu.shape[0], volume.hu)
         if with_blobs:
-            found = blob_candidates(volume.hu, spacing, lungs, avoid=detection.mask, pad_px=self.pad_px)
+            found = blob_candidates(volume.hu, spacing, lungs, avoid=detection.mask,
+                                    pad_px=settings.pad_px)
             current = stages["with_blobs"] = current + found
         if self.fpr is not None:
             current = stages["scored"] = score_candidates(self.fpr, volume, current)
@@ -193,8 +185,6 @@ class Pipeline:
     def box_for_click(self, volume: CTVolume, candidate: Candidate) -> Candidate:
         """A copy of a click candidate whose box is the one its click proposes
         (``prompts.box_from_click``); the box then refines like any given box."""
-        from dataclasses import replace
-
         box = box_from_click(volume.hu, volume.spacing_zyx_mm, candidate.click_zyx,
                              self.refiner.settings.seed_hu)
         return replace(candidate, box_ijk=box)
@@ -220,8 +210,6 @@ class Pipeline:
 
 def score_candidates(fpr, volume: CTVolume, candidates: list[Candidate]) -> list[Candidate]:
     """Copies of ``candidates`` whose score is the classifier's, ordered and renumbered."""
-    from dataclasses import replace
-
     scores = fpr.score(volume.hu, volume.spacing_zyx_mm, candidates)
     return boxes_mod.number_candidates([replace(c, score=float(p)) for c, p in zip(candidates, scores)])
 

@@ -7,7 +7,6 @@ the prompt encoder and mask decoder.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -17,6 +16,7 @@ from .boxes import Candidate
 from .errors import NoduleSAMError
 from .geometry import Crop2D, box2d_of_mask, expand_box2d
 from .prompts import solid_seed
+from .settings import ENCODERS, RefineSettings  # noqa: F401  (RefineSettings: re-exported)
 
 AIR_HU = -1024.0
 OUTSIDE_LOGIT = -100.0
@@ -31,48 +31,6 @@ def detector_sam_vote(prior: np.ndarray, logits: np.ndarray, detector_weight: fl
     return detector_weight * prior + (1.0 - detector_weight) * sam > 0.5
 
 
-@dataclass
-class RefineSettings:
-    """Knobs of refinement (defaults chosen on LIDC VOIs, see docs/architecture.md).
-
-    window_hu: HU window mapped to the model's [0, 255] input.
-    crop_margin_px: context around the prompt box on each side of the (square) crop.
-    min_crop_px: smallest crop side, so small nodules keep some context.
-    propagation_pad_px: how much a box taken from a neighbouring slice's mask is enlarged. 0:
-      cross-sections shrink away from the slice the propagation starts from (on LIDC-IDRI-0001
-      nodule 1, 3D DSC 0.81 with 0 px against 0.77 with 2 px).
-    min_overlap: a slice reached by propagation is kept only if this fraction of its mask
-      overlaps the neighbour's mask; it stops the propagation past the nodule's end.
-    min_mean_hu: ... and only if its mean HU is above this (not air).
-    detector_weight: for a candidate that still carries the detector's probability (its box as
-      detected), each slice's mask is the vote ``detector_weight x P_detector + (1 -
-      detector_weight) x sigmoid(SAM logit - sam_threshold) > 0.5``; 0 gives SAM alone. Chosen on
-      the LIDC VOIs' ``val`` split (benchmarks/hybrid_sweep.py): there the vote beats both models
-      alone in DSC; on whole CTs it keeps SAM from spreading onto slices the detector rejected.
-    sam_threshold: the SAM logit the vote centres SAM's probability on (0: SAM's own threshold).
-    crop_grid_px: crops are snapped to this grid (``Crop2D.around_snapped``): one crop per
-      candidate box, the same for boxes a few pixels apart.
-    box_pad_px: for a box drawn by a user (or proposed from a click): the margin added to each
-      per-slice box found inside it before SAM is prompted with it.
-    seed_hu: ... and the HU above which its dense core (``prompts.solid_seed``) is taken.
-    start_iterations: how often the central slice's mask is re-prompted with its own box.
-    """
-
-    window_hu: tuple[float, float] = (-1350.0, 150.0)
-    crop_margin_px: int = 10
-    min_crop_px: int = 44
-    propagation_pad_px: float = 0.0
-    min_overlap: float = 0.3
-    min_mean_hu: float = -800.0
-    detector_weight: float = 0.7
-    sam_threshold: float = 0.0
-    crop_grid_px: int = 4
-    box_pad_px: float = 2.0
-    seed_hu: float = -500.0
-    start_iterations: int = 2
-
-
-ENCODERS = ("auto", "torch", "openvino")
 
 
 class OpenVINOEncoder:
