@@ -1,8 +1,9 @@
 """NoduleSAM: lung-nodule segmentation on chest CT (nnU-Net v2 detection + SAM box refinement).
 
-This file is thin: the module declaration, the widget (the only code that touches Qt) and the
-self-test. Everything that changes the scene is in ``NoduleSAMLib/scene.py``; the checks of the
-self-test are ``NoduleSAMLib/scenarios.py``, which pytest runs too.
+This file is thin: the module declaration, the widget (the only code that touches Qt), the
+module logic for scripts (a facade) and the self-test. Everything that changes the scene is in
+the ``NoduleSAMLib/scene`` package; installing the dependencies is ``NoduleSAMLib/install.py``;
+the checks of the self-test are ``NoduleSAMLib/scenarios.py``, which pytest runs too.
 """
 import importlib.util
 import logging
@@ -14,8 +15,8 @@ import traceback
 import qt
 import slicer
 import vtk
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
-                                           ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 # What the engine needs beyond Slicer's own Python, pinned as the project's constraints pin them
@@ -89,6 +90,36 @@ def parameterPackClass():
     return parameterNodeWrapper(type("NoduleSAMParameterNode", (), {"__annotations__": annotations}))
 
 
+class NoduleSAMLogic(ScriptedLoadableModuleLogic):
+    """NoduleSAM for scripts, called as other modules' logic is::
+
+        from NoduleSAM import NoduleSAMLogic
+        segmentationNode = NoduleSAMLogic().autoSegment(volumeNode, sensitivity="high")
+
+    A facade over ``NoduleSAMLib.scene``: ``engine`` (a ``scene.Logic``) keeps the loaded models
+    between calls and runs the jobs the widget's buttons start.
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        from NoduleSAMLib import scene
+
+        self.scene = scene
+        self.engine = scene.Logic()
+
+    def autoSegment(self, volumeNode, **settings):
+        """Detect, then refine every box; returns the segmentation node (one segment per nodule)."""
+        return self.scene.auto_segment(volumeNode, self.engine, **settings)
+
+    def detect(self, volumeNode, **settings):
+        """Detect: returns the ROI nodes added (one per new candidate)."""
+        return self.engine.detect(self.scene.parameters_for(volumeNode, **settings))
+
+    def refine(self, volumeNode, edited="keep", **settings):
+        """Refine the ROIs as they are now; returns a ``scene.RefineSummary``."""
+        return self.engine.refine(self.scene.parameters_for(volumeNode, **settings), edited)
+
+
 class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -146,7 +177,7 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from NoduleSAMLib import scene
 
         self.scene = scene
-        self.logic = self.logic or scene.Logic()
+        self.logic = self.logic or NoduleSAMLogic()
         self.ParameterPack = parameterPackClass()
         self.initializeParameterNode()
 
@@ -259,17 +290,17 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- actions --------------------------------------------------------------------------------
     def onDetect(self, then=None):
-        self.startJob(lambda: self.logic.detect_job(self.params()), then)
+        self.startJob(lambda: self.logic.engine.detect_job(self.params()), then)
 
     def onRefine(self, params=None):
         """params: the Detect job's, when Auto-segment chains Refine after it."""
         params = params or self.params()
         try:
-            plan = self.logic.plan_refine(params)  # reads and hashes the CT once for the whole Refine
+            plan = self.logic.engine.plan_refine(params)  # reads and hashes the CT once for the whole Refine
         except self.scene.NoduleSAMError as err:
             slicer.util.errorDisplay(str(err), windowTitle="NoduleSAM")
             return
-        states = self.logic.refine_states(params, plan)
+        states = self.logic.engine.refine_states(params, plan)
         edited = sorted(name for name, state in states.items() if state == self.scene.EDITED)
         policy = self.scene.KEEP
         if edited:
@@ -284,7 +315,7 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             box.exec_()
             policy = {replace: self.scene.REPLACE, add: self.scene.ADD}.get(box.clickedButton(),
                                                                            self.scene.KEEP)
-        self.startJob(lambda: self.logic.refine_job(params, policy, plan))
+        self.startJob(lambda: self.logic.engine.refine_job(params, policy, plan))
 
     def onAddBox(self):
         params = self.params()
@@ -310,7 +341,7 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         fiducial.GetNthControlPointPositionWorld(0, world)
         slicer.mrmlScene.RemoveNode(fiducial)
         try:
-            roi = self.logic.add_click(self.params(), world)
+            roi = self.logic.engine.add_click(self.params(), world)
         except self.scene.NoduleSAMError as err:
             slicer.util.errorDisplay(str(err))
             return

@@ -1,6 +1,6 @@
 """NoduleSAM's engine: read a CT, detect nodules (nnU-Net v2), refine each box (SAM), measure.
 
-Importable without Slicer and without Qt; ``scene.py`` is the only module that imports ``slicer``.
+Importable without Slicer and without Qt; the ``scene`` package is the only one that imports ``slicer``.
 """
 from .errors import NoduleSAMError
 

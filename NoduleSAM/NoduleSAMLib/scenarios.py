@@ -176,8 +176,8 @@ def roi_edits(scene, volume_node, case: Case):
     rotation = np.eye(4)
     angle = np.radians(30)
     rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    rotated = sc._matrix_to_array(matrix) @ rotation                      # 30 degrees, axial
-    roi.SetAndObserveObjectToNodeMatrix(sc._array_to_matrix(rotated))
+    rotated = sc.matrix_to_array(matrix) @ rotation                      # 30 degrees, axial
+    roi.SetAndObserveObjectToNodeMatrix(sc.array_to_matrix(rotated))
     check(sc.box_from_roi(roi, volume_node) == crop_volume_box(),
           f"rotated ROI gives {sc.box_from_roi(roi, volume_node)}, Crop Volume {crop_volume_box()}")
     translate_world(scene, roi, [5.0, -7.5, 2.5])
@@ -233,7 +233,7 @@ def refine_and_edit(scene, volume_node, case: Case, logic: sc.Logic | None = Non
     check(second.refined == [] and sorted(second.unchanged) == ["Nodule 1", "Nodule 2"]
           and second.encoder_calls == 0, f"second Refine without edits did work: {second}")
 
-    other_hash = sc._segment_tag(segmentation.GetSegment(sc.segment_of_roi(params, added)),
+    other_hash = sc.segment_tag(segmentation.GetSegment(sc.segment_of_roi(params, added)),
                                  sc.SEGMENT_HASH_TAG)
     size = np.array(nodule.GetSize())
     nodule.SetSize(*(size - [2 * case.volume.spacing_ijk_mm[0], 0, 0]))  # one voxel less each side
@@ -242,7 +242,7 @@ def refine_and_edit(scene, volume_node, case: Case, logic: sc.Logic | None = Non
           f"after editing Nodule 1 only: {third}")
     check(third.encoder_calls == 0, f"editing one ROI re-ran the encoder {third.encoder_calls} "
                                     "times; the cached crop embeddings should serve it")
-    check(sc._segment_tag(segmentation.GetSegment(sc.segment_of_roi(params, added)),
+    check(sc.segment_tag(segmentation.GetSegment(sc.segment_of_roi(params, added)),
                           sc.SEGMENT_HASH_TAG) == other_hash, "Nodule 2 was rewritten")
 
     # The user paints over Nodule 1 by hand, then moves its ROI: Refine keeps the hand edit.
@@ -355,7 +355,7 @@ def snapshot(params) -> dict:
     volume_node = params.inputVolume
     segmentation = params.outputSegmentation.GetSegmentation()
     return {
-        "settings": {p.name: getattr(params, p.name) for p in sc.PARAMETERS if not sc._is_node(p)},
+        "settings": {p.name: getattr(params, p.name) for p in sc.PARAMETERS if not sc.is_node(p)},
         "volume": volume_node.GetName(),
         "rois": [(r.GetName(), sc.box_from_roi(r, volume_node), sc.segment_of_roi(params, r))
                  for r in params.rois],

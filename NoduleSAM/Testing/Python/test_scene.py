@@ -252,9 +252,12 @@ def test_refine_plans_once(headless, case, monkeypatch):
     logic = sc.Logic()
     logic.add_candidates(params, case.candidates())
     calls = []
-    for name in ("ct_from_volume_node", "volume_fingerprint"):
-        real = getattr(sc, name)
-        monkeypatch.setattr(sc, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    from NoduleSAMLib.scene import logic as scene_logic
+
+    for name in ("ct_from_volume_node", "volume_fingerprint"):  # counted, still run
+        real = getattr(scene_logic, name)
+        monkeypatch.setattr(scene_logic, name,
+                            lambda *a, real=real, name=name: calls.append(name) or real(*a))
     plan = logic.plan_refine(params)
     assert logic.refine_states(params, plan) == {"Nodule 1": sc.NEW}
     job = logic.refine_job(params, sc.KEEP, plan)
@@ -339,3 +342,22 @@ def test_detection_in_batches_equals_one_call(case):
     assert reports == [(min(z + 2, depth), depth) for z in range(0, depth, 2)]
     np.testing.assert_allclose(batched.probability, whole.probability, atol=1e-6)
     assert np.array_equal(batched.mask, whole.mask)
+
+
+def test_auto_segment_for_scripts(headless, case):
+    """``NoduleSAMLogic().autoSegment(volumeNode)`` is ``scene.auto_segment``: Detect, then
+    Refine, on the volume's scene; returns the segmentation with one segment per nodule."""
+    volume_node = sc.add_volume_node(headless.scene, case.volume)
+    logic = sc.Logic(ReferenceDetector(case.reference))
+    segmentation = sc.auto_segment(volume_node, logic, fpr="none", cropMargin=8)
+    params = sc.Parameters.get_or_create(headless.scene)
+    assert params.inputVolume is volume_node and params.cropMargin == 8
+    assert segmentation is params.outputSegmentation
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    roi, = params.rois
+    mask = scenarios._segment_mask(params, roi, case.volume.hu.shape)
+    assert scenarios.dice(mask, case.reference) > 0.7
+    other = HeadlessScene()
+    empty = sc.add_volume_node(other.scene, case.volume, "no nodules")
+    with pytest.raises(NoduleSAMError, match="no nodule candidates"):
+        sc.auto_segment(empty, sc.Logic(ReferenceDetector(np.zeros_like(case.reference))))
