@@ -104,8 +104,7 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> CTVolume:
         volume = read_image_file(path)
     else:
         raise NoduleSAMError(f"{path}: not a DICOM folder nor one of {', '.join(IMAGE_SUFFIXES)}")
-    if volume.hu.ndim == 3:
-        volume = reorient_to_axial(volume)
+    volume = reorient_to_axial(volume)
     check_ct(volume)
     return volume
 
