@@ -24,7 +24,9 @@ class Job:
     title: str
     work: Callable
     finish: Callable
-    params: Parameters | None = None  # the job's own: it finishes even if the GUI let go of its
+    # the parameters the job was made from: it finishes (and chains) on them even after the
+    # widget unbound its own (the user left the module)
+    params: Parameters | None = None
 
     def run(self, progress=None):
         """Both halves on this thread (tests, scripts, the self-test)."""
