@@ -142,7 +142,10 @@ def build_pipeline(settings, need_detector: bool, refine: bool = True):
 
 
 def run_segment(args, input_path, output: Path, report_path: Path | None,
-                overview_path: Path | None = None) -> dict:
+                overview_path: Path | None = None, html_path: Path | None = None,
+                dicom_seg: Path | None = None, dicom_sr: Path | None = None) -> dict:
+    """Segment one CT and write what was asked for. The HTML report goes beside the JSON report
+    (same name, ``.html``) unless ``html_path`` names another place."""
     from .outputs import (check_output_paths, report_dict, write_overview_png, write_report,
                           write_seg_nrrd)
     from .pipeline import timed_stage
@@ -151,7 +154,15 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
 
     # Everything that can be checked without the CT first: a typo should not wait for the run.
     check_options(args)
-    check_output_paths({"segmentation": output, "report": report_path, "overview": overview_path},
+    if html_path is None and report_path is not None:
+        html_path = report_path.with_suffix(".html")
+    if dicom_sr is not None and dicom_seg is None:
+        raise NoduleSAMError("--dicom-sr needs --dicom-seg too: the SR references the SEG's segments")
+    if (dicom_seg or dicom_sr) and not Path(input_path).is_dir():
+        raise NoduleSAMError(f"{input_path}: --dicom-seg and --dicom-sr need a DICOM series folder "
+                             "as input (they reference its images); this is a file")
+    check_output_paths({"segmentation": output, "report": report_path, "overview": overview_path,
+                        "html": html_path, "DICOM SEG": dicom_seg, "DICOM SR": dicom_sr},
                        (Path(input_path),))
     boxes = read_boxes_json(args.boxes) if getattr(args, "boxes", None) else None
     points = read_points_json(args.points) if getattr(args, "points", None) else None
@@ -181,8 +192,23 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
         write_report(report, report_path)
     if overview_path is not None:
         write_overview_png(result, overview_path)
+    if html_path is not None:
+        from .html_report import write_html_report
+
+        write_html_report(result, report, html_path)
+    if dicom_seg is not None:
+        from .dicom_export import source_slices, write_dicom_seg, write_dicom_sr
+
+        if result.nodules:
+            slices = source_slices(result)
+            write_dicom_seg(result, dicom_seg, slices)
+            if dicom_sr is not None:
+                write_dicom_sr(result, dicom_sr, dicom_seg, slices)
+        else:
+            print("nodulesam: no nodule found, so no DICOM SEG or SR was written", file=sys.stderr)
     print(f"{len(result.nodules)} nodule(s) -> {output}"
           + (f", report {report_path}" if report_path else "")
+          + (f", {html_path}" if html_path else "")
           + f" ({result.timings_s.get('total_s', 0):.1f} s)")
     for record in report["nodules"]:
         print(f"  {record['name']}: {record['volume_mm3']:.0f} mm3, "
@@ -193,8 +219,12 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
 
 
 def cmd_segment(args) -> None:
-    run_segment(args, args.input, Path(args.output), Path(args.report) if args.report else None,
-                Path(args.overview) if args.overview else None)
+    def optional(value):
+        return Path(value) if value else None
+
+    run_segment(args, args.input, Path(args.output), optional(args.report),
+                optional(args.overview), optional(args.html), optional(args.dicom_seg),
+                optional(args.dicom_sr))
 
 
 def cmd_demo(args) -> None:
@@ -203,7 +233,7 @@ def cmd_demo(args) -> None:
 
     out = Path(args.out)
     outputs = {"segmentation": out / "demo.seg.nrrd", "report": out / "demo_report.json",
-               "overview": out / "demo_overview.png"}
+               "overview": out / "demo_overview.png", "html": out / "demo_report.html"}
     check_options(args)
     check_output_paths(outputs)  # before the download
     image, _ = demo_ct()
@@ -238,7 +268,13 @@ def parser() -> argparse.ArgumentParser:
     segment.add_argument("input", help="DICOM series folder, .nrrd, .nii/.nii.gz or .mha")
     segment.add_argument("-o", "--output", required=True, help="output .seg.nrrd")
     segment.add_argument("--report", help="output JSON report")
-    segment.add_argument("--overview", help="output PNG overview")
+    segment.add_argument("--overview", help="output PNG overview: each nodule's key slice, whole "
+                         "and zoomed")
+    segment.add_argument("--html", help="output HTML report for people (default: beside --report, "
+                         "same name with .html)")
+    segment.add_argument("--dicom-seg", help="output DICOM SEG of the nodules (.dcm; DICOM input only)")
+    segment.add_argument("--dicom-sr", help="output DICOM SR measurement report, TID 1500 (.dcm; "
+                         "needs --dicom-seg)")
     segment.add_argument("--boxes", help="JSON of 3D boxes to refine instead of detecting: "
                          '{"boxes": [{"name": "Nodule 1", "ijk": [z0, z1, y0, y1, x0, x1]}]} '
                          "(half-open voxel indices; a report's nodules list works too)")

@@ -20,7 +20,8 @@ def segment_color(label: int) -> tuple[float, float, float]:
     return PALETTE[(label - 1) % len(PALETTE)]
 
 
-SUFFIXES = {"segmentation": ".seg.nrrd", "report": ".json", "overview": ".png"}
+SUFFIXES = {"segmentation": ".seg.nrrd", "report": ".json", "overview": ".png", "html": ".html",
+            "DICOM SEG": ".dcm", "DICOM SR": ".dcm"}
 
 
 def check_output_paths(paths: dict[str, Path | None], inputs: tuple[Path, ...] = ()) -> None:
@@ -127,8 +128,62 @@ def overview_slice(nodule) -> int:
     return (z0 + z1) // 2 if z is None else int(z)
 
 
-def write_overview_png(result: Result, path: str | Path, window_hu=(-1350, 150)) -> Path:
-    """One axial slice per nodule (its long-axis slice), zoomed, with the contour drawn."""
+LUNG_WINDOW_HU = (-1350, 150)  # level -600, width 1500
+
+
+def _draw_key_images(full_axis, zoom_axis, result: Result, nodule, labelmap: np.ndarray,
+                     window_hu=LUNG_WINDOW_HU) -> None:
+    """A nodule's key axial slice twice: the whole slice with the nodule marked, so a reader sees
+    where it is, and a zoom with its contour."""
+    from matplotlib.patches import Rectangle
+
+    hu = result.volume.hu
+    z0, z1, y0, y1, x0, x1 = nodule.candidate.box_ijk
+    z = overview_slice(nodule)
+    color = segment_color(nodule.label)
+    full_axis.imshow(hu[z], cmap="gray", vmin=window_hu[0], vmax=window_hu[1])
+    margin = 6
+    full_axis.add_patch(Rectangle((x0 - margin, y0 - margin), x1 - x0 + 2 * margin,
+                                  y1 - y0 + 2 * margin, fill=False, edgecolor=color, linewidth=1.5))
+    full_axis.set_title(f"{nodule.candidate.name}: axial slice {z}", fontsize=9)
+    half = max(y1 - y0, x1 - x0, 24)
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    ys = slice(max(cy - half, 0), min(cy + half, hu.shape[1]))
+    xs = slice(max(cx - half, 0), min(cx + half, hu.shape[2]))
+    zoom_axis.imshow(hu[z, ys, xs], cmap="gray", vmin=window_hu[0], vmax=window_hu[1])
+    if (labelmap[z, ys, xs] == nodule.label).any():
+        zoom_axis.contour(labelmap[z, ys, xs] == nodule.label, levels=[0.5], colors=[color],
+                          linewidths=1.5)
+    m = nodule.measurements
+    zoom_axis.set_title(f"{m['volume_mm3']:.0f} mm³, {m['long_axis_mm']:.1f} x "
+                        f"{m['short_axis_mm']:.1f} mm (mean {m['mean_diameter_mm']:.1f})",
+                        fontsize=9)
+    for axis in (full_axis, zoom_axis):
+        axis.axis("off")
+
+
+def nodule_key_png(result: Result, nodule, labelmap: np.ndarray | None = None) -> bytes:
+    """``_draw_key_images`` of one nodule as PNG bytes (for the HTML report)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labelmap = result.labelmap() if labelmap is None else labelmap
+    figure, (full_axis, zoom_axis) = plt.subplots(1, 2, figsize=(8, 4))
+    _draw_key_images(full_axis, zoom_axis, result, nodule, labelmap)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=90, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def write_overview_png(result: Result, path: str | Path, window_hu=LUNG_WINDOW_HU) -> Path:
+    """Per nodule, its long-axis slice whole (the nodule boxed) and zoomed (its contour drawn),
+    two nodules to a row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,9 +191,9 @@ def write_overview_png(result: Result, path: str | Path, window_hu=(-1350, 150))
 
     path = Path(path)
     nodules = result.nodules
-    columns = max(1, min(4, len(nodules)))
-    rows = max(1, int(np.ceil(len(nodules) / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False)
+    per_row = max(1, min(2, len(nodules)))
+    rows = max(1, int(np.ceil(len(nodules) / per_row)))
+    figure, axes = plt.subplots(rows, 2 * per_row, figsize=(8 * per_row, 4 * rows), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
     hu = result.volume.hu
@@ -146,20 +201,10 @@ def write_overview_png(result: Result, path: str | Path, window_hu=(-1350, 150))
         axes[0, 0].imshow(hu[hu.shape[0] // 2], cmap="gray", vmin=window_hu[0], vmax=window_hu[1])
         axes[0, 0].set_title("no nodule found")
     labelmap = result.labelmap()
-    for axis, nodule in zip(axes.ravel(), nodules):
-        z0, z1, y0, y1, x0, x1 = nodule.candidate.box_ijk
-        z = overview_slice(nodule)
-        half = max(y1 - y0, x1 - x0, 24)
-        cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-        ys = slice(max(cy - half, 0), min(cy + half, hu.shape[1]))
-        xs = slice(max(cx - half, 0), min(cx + half, hu.shape[2]))
-        axis.imshow(hu[z, ys, xs], cmap="gray", vmin=window_hu[0], vmax=window_hu[1])
-        axis.contour(labelmap[z, ys, xs] == nodule.label, levels=[0.5],
-                     colors=[segment_color(nodule.label)], linewidths=1.5)
-        m = nodule.measurements
-        axis.set_title(f"{nodule.candidate.name} (slice {z})\n{m['volume_mm3']:.0f} mm³, "
-                       f"{m['long_axis_mm']:.1f} x {m['short_axis_mm']:.1f} mm "
-                       f"(mean {m['mean_diameter_mm']:.1f})", fontsize=9)
+    for index, nodule in enumerate(nodules):
+        row, column = divmod(index, per_row)
+        _draw_key_images(axes[row, 2 * column], axes[row, 2 * column + 1], result, nodule,
+                         labelmap, window_hu)
     figure.tight_layout()
     partial = _atomic_target(path)
     figure.savefig(partial, dpi=100, format="png")

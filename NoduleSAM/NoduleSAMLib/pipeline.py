@@ -53,7 +53,7 @@ class Result:
 def volume_fingerprint(volume: CTVolume) -> str:
     """A short content hash, so cached embeddings never outlive the pixels they came from."""
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(np.ascontiguousarray(volume.hu).tobytes())
+    digest.update(np.ascontiguousarray(volume.hu))  # the buffer itself, not a copy
     digest.update(np.asarray(volume.hu.shape).tobytes())
     return digest.hexdigest()
 
