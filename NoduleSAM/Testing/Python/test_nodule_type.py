@@ -1,0 +1,110 @@
+"""Nodule type and solid component on real LIDC VOIs (50 % consensus masks)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from NoduleSAMLib.measure import measure_nodule
+from NoduleSAMLib.nodule_type import TypeSettings, classify_nodule, solid_fraction, type_from_fraction
+from NoduleSAMLib.volume import CTVolume
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def read_voi(lidc_dir: Path, case_id: str):
+    import SimpleITK as sitk
+
+    folder = lidc_dir / "voi" / case_id
+    image = sitk.ReadImage(str(folder / "image.nii.gz"))
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "consensus50.nii.gz"))) > 0
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    return CTVolume.from_lps(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(),
+                             direction, case_id), mask
+
+
+def test_solid_nodule(lidc_dir):
+    """LIDC-IDRI-0314_N1: 22 mm, texture 5 from all four readers, mean -13 HU."""
+    volume, mask = read_voi(lidc_dir, "LIDC-IDRI-0314_N1")
+    out = classify_nodule(volume, mask)
+    assert out["type"] == "solid"
+    assert out["solid_fraction"] > 0.9
+    assert out["solid_component_mean_diameter_mm"] is None
+
+
+def test_ground_glass_nodule(lidc_dir):
+    """LIDC-IDRI-0120_N3: 26 mm, texture 1 from all three readers, mean -683 HU."""
+    volume, mask = read_voi(lidc_dir, "LIDC-IDRI-0120_N3")
+    out = classify_nodule(volume, mask)
+    assert out["type"] == "ground-glass"
+    assert out["solid_component_mean_diameter_mm"] is None
+
+
+def test_part_solid_nodule_and_its_solid_component(lidc_dir):
+    """LIDC-IDRI-0223_N1: 23 mm, texture 3 from all three readers."""
+    volume, mask = read_voi(lidc_dir, "LIDC-IDRI-0223_N1")
+    out = classify_nodule(volume, mask)
+    whole = measure_nodule(volume, mask)
+    assert out["type"] == "part-solid"
+    assert 0 < out["solid_component_volume_mm3"] < whole["volume_mm3"]
+    assert 0 < out["solid_component_short_axis_mm"] <= out["solid_component_long_axis_mm"]
+    assert out["solid_component_long_axis_mm"] <= whole["long_axis_mm"]
+    assert out["solid_component_mean_diameter_mm"] == pytest.approx(
+        (out["solid_component_long_axis_mm"] + out["solid_component_short_axis_mm"]) / 2)
+
+
+def test_a_solid_core_of_known_size_in_a_real_ground_glass_nodule(lidc_dir):
+    """A 10 mm ball of soft tissue (40 HU) set at the deepest point of the real ground-glass
+    nodule LIDC-IDRI-0120_N3 makes it part-solid with a 10 mm solid component: 10 mm between
+    the outermost voxel centres, plus one pixel edge to edge (measure.py's convention)."""
+    from scipy import ndimage
+
+    volume, mask = read_voi(lidc_dir, "LIDC-IDRI-0120_N3")
+    spacing = volume.spacing_zyx_mm
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+    centre = np.unravel_index(np.argmax(depth), mask.shape)
+    zz, yy, xx = np.indices(mask.shape)
+    ball = (((zz - centre[0]) * spacing[0]) ** 2 + ((yy - centre[1]) * spacing[1]) ** 2
+            + ((xx - centre[2]) * spacing[2]) ** 2) <= 5.0 ** 2
+    assert (ball <= mask).all()  # the core lies inside the nodule
+    hu = volume.hu.copy()
+    hu[ball] = 40.0
+    out = classify_nodule(CTVolume(hu, volume.ijk_to_ras), mask)
+    assert out["type"] == "part-solid"
+    pixel = spacing[1]
+    assert out["solid_component_long_axis_mm"] == pytest.approx(10.0 + pixel, abs=pixel)
+    assert out["solid_component_mean_diameter_mm"] == pytest.approx(10.0 + pixel, abs=pixel)
+    assert out["solid_component_volume_mm3"] == pytest.approx(4 / 3 * np.pi * 5 ** 3, rel=0.25)
+
+
+def test_fraction_cut_offs_and_empty_mask():
+    settings = TypeSettings()
+    assert type_from_fraction(settings.ground_glass_below - 1e-9) == "ground-glass"
+    assert type_from_fraction(settings.ground_glass_below) == "part-solid"
+    assert type_from_fraction(settings.solid_from - 1e-9) == "part-solid"
+    assert type_from_fraction(settings.solid_from) == "solid"
+    volume = CTVolume(np.full((3, 8, 8), -800, np.float32), np.eye(4))
+    empty = classify_nodule(volume, np.zeros((3, 8, 8), bool))
+    assert empty["type"] is None and empty["solid_fraction"] is None
+
+
+def test_rim_does_not_count_where_an_inner_part_exists():
+    """A solid 6 x 6 core with a one-voxel hazy rim is solid; the rim alone would say otherwise."""
+    hu = np.full((3, 12, 12), -850, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    mask[:, 2:10, 2:10] = True
+    hu[mask] = -500           # the rim: partial volume with the lung
+    hu[:, 3:9, 3:9] = 20      # the core
+    assert solid_fraction(hu, mask) == 1.0
+    assert (hu[mask] >= -300).mean() < 0.6
+    tiny = np.zeros(hu.shape, bool)
+    tiny[1, 5:7, 5:7] = True  # 2 x 2 voxels: erosion would empty it, so all of it counts
+    assert solid_fraction(hu, tiny) == 1.0
+
+
+def test_defaults_are_the_benchmarks_tuned_settings():
+    """benchmarks/nodule_type.py tunes on train + val; TypeSettings() must be what it chose."""
+    result = json.loads((REPO / "benchmarks" / "results" / "nodule_type.json").read_text())
+    assert result["settings"] == TypeSettings().to_dict()
+    assert result["tuned_on"] == "train + val"
+
