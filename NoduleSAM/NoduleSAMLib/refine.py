@@ -123,7 +123,7 @@ class BoxRefiner:
     def _predictor(self, image2d_hu: np.ndarray, crop: Crop2D, image_key):
         """The crop's embedding (a ``SamPredictor``), from the cache when this exact crop of this
         image was embedded before."""
-        key = (image_key, crop)
+        key = (image_key, crop, tuple(self.settings.window_hu))  # the window changes the pixels
         predictor = self._cache.get(key)
         if predictor is None:
             predictor = self._cache[key] = self._embed(image2d_hu, crop)

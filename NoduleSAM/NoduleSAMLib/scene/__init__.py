@@ -23,8 +23,9 @@ from ..volume import CTVolume
 from .jobs import Cancelled, Job, check_same_ct
 from .logic import (ADD, CHANGED, EDITED, KEEP, NEW, REPLACE, UNCHANGED, Logic, RefinePlan,
                     RefineSummary, auto_segment, parameters_for)
-from .parameters import (MODULE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ROI_ROLE, Parameter,
-                         Parameters, is_node)
+from .parameters import (MODULE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ROI_ROLE,
+                         SETTING_OF_PARAMETER, Parameter, Parameters, is_node,
+                         settings_from_parameters)
 from .rois import (ROI_CLICK_ATTRIBUTE, ROI_NAME_PREFIX, ROI_PRIOR_ATTRIBUTE, ROI_PROMPTS_ATTRIBUTE,
                    ROI_SCORE_ATTRIBUTE, ROI_SEGMENT_ATTRIBUTE, ROI_SOURCE_VOLUME_ROLE, add_roi,
                    add_roi_for_candidate, boxes_overlap, candidate_from_roi, next_roi_name,

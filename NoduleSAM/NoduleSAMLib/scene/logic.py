@@ -7,15 +7,16 @@ from dataclasses import dataclass, field
 
 from .. import fpr as fpr_mod
 from .. import models
+from ..settings import Settings
 from ..boxes import Candidate
 from ..errors import NoduleSAMError
 from ..outputs import segment_color
 from ..pipeline import Pipeline, volume_fingerprint
 from ..prompts import box_from_click
-from ..refine import BoxRefiner, RefineSettings
+from ..refine import BoxRefiner
 from ..volume import CTVolume
 from .jobs import Job, check_same_ct
-from .parameters import PARAMETERS, Parameters, is_node
+from .parameters import Parameters, settings_from_parameters
 from .rois import (ROI_CLICK_ATTRIBUTE, ROI_SEGMENT_ATTRIBUTE, add_roi, add_roi_for_candidate,
                    boxes_overlap, candidate_from_roi)
 from .segments import (SEGMENT_INPUT_TAG, check_segmentation_frame, ensure_segmentation,
@@ -37,7 +38,7 @@ class RefinePlan:
     volume_node: object
     volume: CTVolume
     items: list[dict]
-    config: dict
+    config: Settings
 
 
 @dataclass
@@ -75,42 +76,47 @@ class Logic:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def refiner(self, config: dict) -> BoxRefiner:
-        key = (config["refiner"], config["checkpoint"], config["device"])
+    def refiner(self, config: Settings) -> BoxRefiner:
+        key = (config.refiner, config.checkpoint, config.device, config.encoder, config.bf16)
         if self._refiner is None or self._refiner_key != key:
-            device = self._device(config["device"])
-            sam = models.build_sam(config["refiner"], config["checkpoint"] or None, device)
-            self._refiner, self._refiner_key = BoxRefiner(sam, RefineSettings(), encoder="auto"), key
-        self._refiner.settings.crop_margin_px = config["cropMargin"]
+            device = self._device(config.device)
+            sam = models.build_sam(config.refiner, config.checkpoint, device)
+            self._refiner = BoxRefiner(sam, config.refine, bf16=config.bf16, encoder=config.encoder)
+            self._refiner_key = key
+        self._refiner.settings = config.refine  # the model's cached embeddings stay valid
         return self._refiner
 
-    def detector(self, config: dict):
+    def detector(self, config: Settings):
         from ..detect import Detector
 
         if self._given_detector is not None:
             return self._given_detector
-        key = (config["detector"], config["device"], config["mirroring"])
+        key = (config.detector, config.folds, config.detector_checkpoint, config.device,
+               config.mirroring)
         if self._detector is None or self._detector_key != key:
-            folder = models.detector_folder(config["detector"])
-            self._detector = Detector(folder, device=self._device(config["device"]),
-                                      mirroring=config["mirroring"])
+            from ..cli import parse_folds
+
+            folder = models.detector_folder(config.detector)
+            self._detector = Detector(folder, parse_folds(config.folds), config.detector_checkpoint,
+                                      self._device(config.device), config.mirroring)
             self._detector_key = key
         return self._detector
 
-    def fpr(self, config: dict):
+    def fpr(self, config: Settings):
         """The candidate classifier the parameters name (None for ``none``)."""
-        if config["fpr"] in ("", "none"):
+        if config.fpr in ("", "none"):
             return None
-        key = (config["fpr"], config["device"])
+        key = (config.fpr, config.device)
         if self._fpr is None or self._fpr_key != key:
-            self._fpr = fpr_mod.FalsePositiveReducer(models.fpr_folder(config["fpr"]),
-                                                     self._device(config["device"]))
+            self._fpr = fpr_mod.FalsePositiveReducer(models.fpr_folder(config.fpr),
+                                                     self._device(config.device))
             self._fpr_key = key
         return self._fpr
 
     @staticmethod
-    def _config(params: Parameters) -> dict:
-        return {p.name: getattr(params, p.name) for p in PARAMETERS if not is_node(p)}
+    def _config(params: Parameters) -> Settings:
+        """Every setting the parameters hold (``settings_from_parameters``)."""
+        return settings_from_parameters(params)
 
     # Detect
     def detect_job(self, params: Parameters) -> Job:
@@ -122,9 +128,8 @@ class Logic:
             progress(0, 1, "loading the detector")
             fpr = self.fpr(config)
             detector = self.detector(config)
-            pipeline = Pipeline(detector, None, min_volume_mm3=config["minVolume"],
-                                expansion=config["expansion"], fpr=fpr,
-                                fpr_threshold=fpr.threshold(config["sensitivity"]) if fpr else 0.0)
+            pipeline = Pipeline(detector, None, config.candidates, fpr,
+                                fpr.threshold(config.candidates.sensitivity) if fpr else 0.0)
             # progress after every batch of slices: Cancel stops the detector there
             detection = detector.predict(volume, progress=lambda done, total: progress(
                 done, total + 1, f"detecting nodules: slice {done} of {total}"))
@@ -163,7 +168,8 @@ class Logic:
         zyx = voxel_from_world(point_ras, params.inputVolume)
         if not all(0 <= v < n for v, n in zip(zyx, volume.hu.shape)):
             raise NoduleSAMError("the click is outside the CT: click on the nodule in the CT")
-        box = box_from_click(volume.hu, volume.spacing_zyx_mm, zyx, RefineSettings().seed_hu)
+        box = box_from_click(volume.hu, volume.spacing_zyx_mm, zyx,
+                             self._config(params).refine.seed_hu)
         roi = add_roi(params, name)
         set_roi_to_box(roi, params.inputVolume, box)
         roi.SetAttribute(ROI_CLICK_ATTRIBUTE, json.dumps(list(zyx)))
@@ -195,7 +201,9 @@ class Logic:
         check_segmentation_frame(params)
         fingerprint = volume_fingerprint(volume)
         config = self._config(params)
-        model_key = {k: config[k] for k in ("refiner", "checkpoint", "cropMargin")}
+        # a segment is unchanged only if its box, CT, refiner and every refine setting are
+        model_key = {"refiner": config.refiner, "checkpoint": config.checkpoint,
+                     "refine": config.to_dict()["refine"]}
         items, problems = [], []
         for roi in rois:
             try:

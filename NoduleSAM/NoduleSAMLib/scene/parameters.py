@@ -3,12 +3,10 @@
 ``vtkMRMLScriptedModuleNode`` that holds them in the scene (saved and restored with it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .. import boxes as boxes_mod
-from .. import fpr as fpr_mod
 from .. import models
-from ..refine import RefineSettings
+from ..settings import DEFAULTS, DEVICES, ENCODERS, SENSITIVITIES, Settings
 
 MODULE_NAME = "NoduleSAM"
 ROI_ROLE = "NoduleSAM.roi"                 # parameter node -> ROI nodes (ordered)
@@ -31,28 +29,58 @@ class Parameter:
     label: str = ""
 
 
+def _default(path: str):
+    """A setting's default (``settings.DEFAULTS``), by its dotted path, e.g. ``refine.crop_margin_px``."""
+    value = DEFAULTS
+    for part in path.split("."):
+        value = getattr(value, part)
+    return "" if value is None else value
+
+
+# Which setting (``settings.Settings``, dotted path) each non-node parameter holds: the
+# parameters' defaults are the settings' defaults, and Detect and Refine read every one.
+SETTING_OF_PARAMETER = {
+    "detector": "detector", "fpr": "fpr", "sensitivity": "candidates.sensitivity",
+    "refiner": "refiner", "checkpoint": "checkpoint", "device": "device", "encoder": "encoder",
+    "mirroring": "mirroring", "minVolume": "candidates.min_volume_mm3",
+    "minInLungs": "candidates.min_in_lungs", "minDepthRatio": "candidates.min_depth_ratio",
+    "blobs": "candidates.blobs", "expansion": "candidates.expansion", "padPx": "candidates.pad_px",
+    "cropMargin": "refine.crop_margin_px", "detectorWeight": "refine.detector_weight",
+}
+
 PARAMETERS = (
     Parameter("inputVolume", "vtkMRMLScalarVolumeNode", label="CT volume"),
     Parameter("outputSegmentation", "vtkMRMLSegmentationNode", label="Segmentation"),
     Parameter("candidateTable", "vtkMRMLTableNode", label="Candidates table"),
     Parameter("measurementTable", "vtkMRMLTableNode", label="Measurements table"),
-    Parameter("detector", str, models.DEFAULT_DETECTOR,
+    Parameter("detector", str, _default("detector"),
               label="Detector (registry name or nnU-Net v2 results folder)"),
-    Parameter("fpr", str, models.DEFAULT_FPR,
+    Parameter("fpr", str, _default("fpr"),
               label="Candidate classifier (registry name, folder, or none)"),
-    Parameter("sensitivity", str, fpr_mod.DEFAULT_SENSITIVITY, choices=fpr_mod.SENSITIVITIES,
+    Parameter("sensitivity", str, _default("candidates.sensitivity"), choices=SENSITIVITIES,
               label="Sensitivity (operating point)"),
-    Parameter("refiner", str, models.DEFAULT_REFINER, choices=tuple(models.REFINERS),
+    Parameter("refiner", str, _default("refiner"), choices=tuple(models.REFINERS),
               label="Refiner"),
-    Parameter("checkpoint", str, "", label="Refiner checkpoint (SAM / MedSAM)"),
-    Parameter("device", str, "auto", choices=("auto", "cpu", "cuda"), label="Device"),
-    Parameter("expansion", float, boxes_mod.EXPANSION, minimum=0.0, maximum=1.0,
+    Parameter("checkpoint", str, _default("checkpoint"), label="Refiner checkpoint (SAM / MedSAM)"),
+    Parameter("device", str, _default("device"), choices=DEVICES, label="Device"),
+    Parameter("encoder", str, _default("encoder"), choices=ENCODERS,
+              label="Refiner image encoder backend"),
+    Parameter("expansion", float, _default("candidates.expansion"), minimum=0.0, maximum=1.0,
               label="Box expansion (fraction of the box size)"),
-    Parameter("cropMargin", int, RefineSettings.crop_margin_px, minimum=0, maximum=200,
+    Parameter("padPx", float, _default("candidates.pad_px"), minimum=0.0, maximum=50.0,
+              label="Box padding (px)"),
+    Parameter("cropMargin", int, _default("refine.crop_margin_px"), minimum=0, maximum=200,
               label="Crop margin (px)"),
-    Parameter("minVolume", float, boxes_mod.MIN_VOLUME_MM3, minimum=0.0, maximum=100000.0,
-              label="Minimum nodule volume (mm3)"),
-    Parameter("mirroring", bool, False, label="Detector test-time mirroring"),
+    Parameter("detectorWeight", float, _default("refine.detector_weight"), minimum=0.0,
+              maximum=1.0, label="Detector weight in the vote with SAM"),
+    Parameter("minVolume", float, _default("candidates.min_volume_mm3"), minimum=0.0,
+              maximum=100000.0, label="Minimum nodule volume (mm3)"),
+    Parameter("minInLungs", float, _default("candidates.min_in_lungs"), minimum=0.0, maximum=1.0,
+              label="Minimum fraction inside the lungs"),
+    Parameter("minDepthRatio", float, _default("candidates.min_depth_ratio"), minimum=0.0,
+              maximum=5.0, label="Minimum depth/width ratio (flat filter)"),
+    Parameter("blobs", bool, _default("candidates.blobs"), label="Blob-filter candidates"),
+    Parameter("mirroring", bool, _default("mirroring"), label="Detector test-time mirroring"),
 )
 PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
 
@@ -122,3 +150,14 @@ class Parameters:
 
     def add_roi(self, roi) -> None:
         self.node.AddNodeReferenceID(ROI_ROLE, roi.GetID())
+
+
+def settings_from_parameters(params: Parameters) -> Settings:
+    """The ``Settings`` the parameters hold (the rest at their defaults)."""
+    changes = {"": {}, "candidates": {}, "refine": {}}
+    for name, path in SETTING_OF_PARAMETER.items():
+        group, _, field = path.rpartition(".")
+        value = getattr(params, name)
+        changes[group][field] = None if name == "checkpoint" and value == "" else value
+    return replace(DEFAULTS, **changes[""], candidates=replace(DEFAULTS.candidates, **changes["candidates"]),
+                   refine=replace(DEFAULTS.refine, **changes["refine"]))

@@ -361,3 +361,19 @@ def test_auto_segment_for_scripts(headless, case):
     empty = sc.add_volume_node(other.scene, case.volume, "no nodules")
     with pytest.raises(NoduleSAMError, match="no nodule candidates"):
         sc.auto_segment(empty, sc.Logic(ReferenceDetector(np.zeros_like(case.reference))))
+
+
+def test_parameters_hold_the_engine_settings_and_their_defaults(headless):
+    """Settings have one home: the parameter node's defaults are settings.DEFAULTS, and Detect
+    and Refine read every engine setting from it."""
+    from NoduleSAMLib.settings import DEFAULTS
+
+    params = sc.Parameters.get_or_create(headless.scene)
+    assert sc.settings_from_parameters(params) == DEFAULTS
+    params.minInLungs, params.blobs, params.padPx = 0.0, False, 4.0
+    params.detectorWeight, params.cropMargin, params.checkpoint = 0.5, 16, ""
+    settings = sc.Logic()._config(params)
+    assert settings == DEFAULTS.with_candidates(min_in_lungs=0.0, blobs=False, pad_px=4.0) \
+        .with_refine(detector_weight=0.5, crop_margin_px=16)
+    for name in sc.SETTING_OF_PARAMETER:
+        assert name in sc.PARAMETERS_BY_NAME
