@@ -1,6 +1,6 @@
 """A user's box or click -> 3D nodule: 3D Dice of the engine's refinement on LIDC VOIs and scans.
 
-    python benchmarks/user_box.py [--split test] [--step 7] [--limit 20] [--scans]
+    python benchmarks/user_box.py [--split test] [--step 7] [--offset 0] [--limit 20] [--scans]
                                   [--out benchmarks/results/user_box_test.json]
 
 Each case is refined from prompts a person would give, through the same code as ``--boxes``,
@@ -14,8 +14,8 @@ Each case is refined from prompts a person would give, through the same code as 
 Beside every case runs the oracle: SAM on each slice with that slice's own consensus box + 2 px
 (the best SAM can do with box prompts here). Dice is 3D against the consensus.
 
-Data: the VOIs of one split of ``../shared/data/lidc/voi`` (every ``--step``-th case id, at most
-``--limit``); with ``--scans``, also the nodules (>= 3 readers) of the three full LIDC scans and
+Data: the VOIs of one split of ``../shared/data/lidc/voi`` (every ``--step``-th case id from the
+``--offset``-th, at most ``--limit``; offset 0 is the set the settings were chosen on); with ``--scans``, also the nodules (>= 3 readers) of the three full LIDC scans and
 the GTV-1 tumours of the NSCLC-Radiomics scans. No model here trained on any of these: the
 refiner is the stock LiteMedSAM, and the settings were chosen on the `test` VOIs listed in
 BENCHMARKS.md (so those numbers are not held out: see its notes).
@@ -64,12 +64,12 @@ def shifted(box, fraction: float) -> tuple[int, ...]:
     return (z0, z1, y0 + dy, y1 + dy, x0 + dx, x1 + dx)
 
 
-def voi_cases(voi_dir: Path, split: str, step: int, limit: int):
+def voi_cases(voi_dir: Path, split: str, step: int, limit: int, offset: int = 0):
     import SimpleITK as sitk
 
     with open(voi_dir / "cases.csv", newline="") as f:
         rows = sorted((r for r in csv.DictReader(f) if r["split"] == split), key=lambda r: r["case_id"])
-    for row in rows[::step][:limit]:
+    for row in rows[offset::step][:limit]:
         folder = voi_dir / row["case_id"]
         image = sitk.ReadImage(str(folder / "image.nii.gz"))
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "consensus50.nii.gz"))) > 0
@@ -148,6 +148,9 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--step", type=int, default=7)
     parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--offset", type=int, default=0,
+                        help="first case (default 0: the cases the settings were chosen on; "
+                             "1..step-1 give disjoint, held-out sets)")
     parser.add_argument("--scans", action="store_true", help="also the full scans' nodules and tumours")
     parser.add_argument("--encoder", default="auto", help="image encoder backend (default: %(default)s)")
     parser.add_argument("--out", type=Path)
@@ -157,7 +160,8 @@ def main() -> None:
 
     refiner = BoxRefiner(build_sam("litemedsam"), encoder=args.encoder)
     print(f"encoder: {refiner.encoder_name}", flush=True)
-    groups = {f"VOIs {args.split}": voi_cases(args.lidc_dir / "voi", args.split, args.step, args.limit)}
+    groups = {f"VOIs {args.split}": voi_cases(args.lidc_dir / "voi", args.split, args.step, args.limit,
+                                                    args.offset)}
     if args.scans:
         groups["full scans"] = scan_cases(args.lidc_dir)
     results = {}
@@ -168,7 +172,8 @@ def main() -> None:
             print(name, " ".join(f"{k} {v:.3f}" for k, v in scores.items()),
                   f"new {times['new_box_s']:.1f} s, edit {times['edit_s']:.2f} s", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": args.split, "step": args.step, "limit": args.limit,
+    out.write_text(json.dumps({"split": args.split, "step": args.step, "offset": args.offset,
+                               "limit": args.limit,
                                "encoder": refiner.encoder_name,
                                "cases": results}, indent=1))
     columns = [k for k in next(iter(results.values())) if k not in ("group", "new_box_s", "edit_s", "slices")]
