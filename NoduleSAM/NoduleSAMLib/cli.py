@@ -215,6 +215,12 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
               f"{record['long_axis_mm']:.1f} x {record['short_axis_mm']:.1f} mm "
               f"(mean diameter {record['mean_diameter_mm']:.1f} mm), "
               f"mean {record['mean_hu'] if record['mean_hu'] is None else round(record['mean_hu'])} HU")
+        print(f"    {record['type'] or 'no type'}"
+              + (f" (solid component {record['solid_component_mean_diameter_mm']:.1f} mm)"
+                 if record["solid_component_mean_diameter_mm"] is not None else "")
+              + f", Lung-RADS {record['lung_rads'] or 'n/a'}; {record['fleischner'] or ''}")
+    print(f"exam: Lung-RADS {report['exam']['lung_rads']}; {report['exam']['fleischner']}\n"
+          f"{report['disclaimer']}")
     return report
 
 

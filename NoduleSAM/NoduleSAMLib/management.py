@@ -380,3 +380,30 @@ def exam_fleischner(findings, *, risk: str | None = None, size_by: str = "diamet
     multiple = len(findings) > 1
     worst = max(findings, key=lambda f: fleischner_urgency(f, multiple=multiple, size_by=size_by))
     return fleischner(worst, multiple=multiple, risk=risk, size_by=size_by)
+
+
+def finding_from_record(record: dict) -> Finding | None:
+    """The ``Finding`` of a report's nodule record (None where it has no type: an empty mask)."""
+    if not record.get("type"):
+        return None
+    return Finding(record["type"], record["mean_diameter_mm"], record.get("volume_mm3"),
+                   record.get("solid_component_mean_diameter_mm"),
+                   record.get("solid_component_volume_mm3"))
+
+
+def readout(record: dict, *, multiple: bool = False, risk: str | None = None) -> dict:
+    """The report's per-nodule read-out fields from its measurements and type: ``lung_rads``
+    (baseline; None without a type), ``lung_rads_reason`` and ``fleischner``."""
+    finding = finding_from_record(record)
+    if finding is None:
+        return {"lung_rads": None, "lung_rads_reason": None, "fleischner": None}
+    assessment = lung_rads(finding)
+    return {"lung_rads": assessment.category, "lung_rads_reason": assessment.reason,
+            "fleischner": fleischner(finding, multiple=multiple, risk=risk)}
+
+
+def exam_readout(records: list[dict], *, risk: str | None = None) -> dict:
+    """The report's ``exam`` block: the exam's Lung-RADS category and Fleischner recommendation."""
+    findings = [f for f in map(finding_from_record, records) if f is not None]
+    return {"lung_rads": exam_lung_rads([lung_rads(f).category for f in findings]),
+            "fleischner": exam_fleischner(findings, risk=risk)}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NoduleSAMError
+from .management import DISCLAIMER, exam_readout
 from .pipeline import Result, nodule_record
 
 # Distinct segment colours (RGB 0-1), cycled.
@@ -100,15 +101,21 @@ def write_seg_nrrd(result: Result, path: str | Path) -> Path:
 
 
 def report_dict(result: Result, extra: dict | None = None) -> dict:
+    """The JSON report: ``disclaimer`` (decision support, not a diagnosis), the input, ``exam``
+    (the exam's Lung-RADS category and Fleischner recommendation) and one record per nodule."""
     volume = result.volume
+    multiple = len(result.nodules) > 1
+    nodules = [nodule_record(volume, nodule, multiple) for nodule in result.nodules]
     return {
+        "disclaimer": DISCLAIMER,
         "input": {"source": volume.source, "shape_zyx": list(volume.hu.shape),
                   "spacing_ijk_mm": volume.spacing_ijk_mm.tolist(),
                   "ijk_to_ras": volume.ijk_to_ras.tolist(), "warnings": volume.warnings},
         **(extra or {}),
         "messages": result.messages,
         "timings_s": result.timings_s,
-        "nodules": [nodule_record(volume, nodule) for nodule in result.nodules],
+        "exam": exam_readout(nodules),
+        "nodules": nodules,
     }
 
 

@@ -15,7 +15,9 @@ from .boxes import Candidate
 from .errors import NoduleSAMError
 from .geometry import apply_matrix, box3d_corners_ijk
 from .lungs import lung_mask, shows_whole_chest
+from .management import readout
 from .measure import measure_nodule
+from .nodule_type import classify_in_box
 from .prompts import box_from_click, candidates_from_boxes, candidates_from_points
 from .refine import BoxRefiner
 from .settings import CandidateSettings
@@ -214,10 +216,15 @@ def score_candidates(fpr, volume: CTVolume, candidates: list[Candidate]) -> list
     return boxes_mod.number_candidates([replace(c, score=float(p)) for c, p in zip(candidates, scores)])
 
 
-def nodule_record(volume: CTVolume, nodule: Nodule) -> dict:
-    """A nodule as the report lists it; its ``ijk`` box can be fed back as ``--boxes``."""
+def nodule_record(volume: CTVolume, nodule: Nodule, multiple: bool = False) -> dict:
+    """A nodule as the report lists it; its ``ijk`` box can be fed back as ``--boxes``.
+
+    Its type, solid component, baseline Lung-RADS v2022 category and Fleischner 2017 text
+    (``multiple``: the CT has other nodules) are decision support for a radiologist, not a
+    diagnosis (``management``, ``nodule_type``).
+    """
     candidate = nodule.candidate
-    return {
+    record = {
         "name": candidate.name,
         "label": nodule.label,
         "ijk": list(candidate.box_ijk),
@@ -228,4 +235,6 @@ def nodule_record(volume: CTVolume, nodule: Nodule) -> dict:
         "detector_score": candidate.detector_score,
         "detector_volume_mm3": candidate.detected_volume_mm3,
         **nodule.measurements,
+        **classify_in_box(volume, candidate.box_ijk, nodule.mask),
     }
+    return record | readout(record, multiple=multiple)

@@ -256,3 +256,23 @@ def test_exam_fleischner_uses_the_most_suspicious_nodule():
 
 def test_disclaimer_says_decision_support():
     assert "decision support for a radiologist, not a diagnosis" in DISCLAIMER.lower()
+
+
+def test_report_readout_fields():
+    from NoduleSAMLib.management import exam_readout, readout
+
+    solid = {"type": "solid", "mean_diameter_mm": 7.0, "volume_mm3": 180.0,
+             "solid_component_mean_diameter_mm": None}
+    part = {"type": "part-solid", "mean_diameter_mm": 12.0, "volume_mm3": 900.0,
+            "solid_component_mean_diameter_mm": 6.5, "solid_component_volume_mm3": 140.0}
+    empty = {"type": None, "mean_diameter_mm": 0.0}
+    assert readout(solid) == {"lung_rads": "3", "lung_rads_reason": "solid, baseline size",
+                              "fleischner": fleischner(Finding("solid", 7.0))}
+    assert readout(part, multiple=True)["lung_rads"] == "4A"
+    assert readout(part, multiple=True)["fleischner"].startswith("Fleischner 2017, multiple subsolid")
+    assert readout(empty) == {"lung_rads": None, "lung_rads_reason": None, "fleischner": None}
+    exam = exam_readout([solid, part, empty], risk="low")
+    assert exam["lung_rads"] == "4A"
+    assert exam["fleischner"].startswith("Fleischner 2017, multiple")
+    assert exam_readout([empty]) == {"lung_rads": "1",
+                                     "fleischner": "Fleischner 2017: no nodule found; no nodule follow-up"}

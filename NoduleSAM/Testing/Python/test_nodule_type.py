@@ -108,3 +108,44 @@ def test_defaults_are_the_benchmarks_tuned_settings():
     assert result["settings"] == TypeSettings().to_dict()
     assert result["tuned_on"] == "train + val"
 
+
+def test_report_has_type_category_exam_and_disclaimer(nodule_crop_0001, lidc_dir):
+    """The JSON report of real nodules (the LIDC reference masks as the segmentation): per
+    nodule the type, solid component, Lung-RADS and Fleischner; the exam block; the disclaimer."""
+    from NoduleSAMLib.boxes import Candidate
+    from NoduleSAMLib.outputs import report_dict
+    from NoduleSAMLib.pipeline import Nodule, Result
+
+    crop, reference = nodule_crop_0001
+    region = np.argwhere(reference)
+    z0, y0, x0 = region.min(axis=0) - 1
+    z1, y1, x1 = region.max(axis=0) + 2
+    box = tuple(int(v) for v in (z0, z1, y0, y1, x0, x1))
+    mask = reference[z0:z1, y0:y1, x0:x1]
+    full = np.zeros(reference.shape, bool)
+    full[z0:z1, y0:y1, x0:x1] = mask
+    nodule = Nodule(Candidate("Nodule 1", box), mask, measure_nodule(crop, full), label=1)
+    report = report_dict(Result(crop, [nodule]))
+    json.dumps(report, default=float)  # serialisable as write_report writes it
+    record = report["nodules"][0]
+    assert record["type"] == "solid"  # LIDC-IDRI-0001 nodule 1: texture 5, -77 HU
+    assert record["solid_component_mean_diameter_mm"] is None
+    # 4B: a solid nodule >= 15 mm at baseline; Fleischner: single solid > 8 mm
+    assert record["mean_diameter_mm"] >= 15 and record["lung_rads"] == "4B"
+    assert "single solid nodule >8 mm" in record["fleischner"]
+    assert report["exam"] == {"lung_rads": "4B", "fleischner": record["fleischner"]}
+    assert "not a diagnosis" in report["disclaimer"]
+
+    # a part-solid VOI (LIDC-IDRI-0223_N1, texture 3) beside it: two nodules, multiple rules
+    volume, ps_mask = read_voi(lidc_dir, "LIDC-IDRI-0223_N1")
+    nz, ny, nx = ps_mask.shape
+    ps = Nodule(Candidate("Nodule 2", (0, nz, 0, ny, 0, nx)), ps_mask,
+                measure_nodule(volume, ps_mask), label=1)
+    two = report_dict(Result(volume, [ps, ps]))
+    record = two["nodules"][0]
+    assert record["type"] == "part-solid" and record["solid_component_mean_diameter_mm"] > 0
+    assert record["lung_rads"] in ("3", "4A", "4B")
+    assert record["fleischner"].startswith("Fleischner 2017, multiple subsolid nodule")
+    assert two["exam"]["lung_rads"] == record["lung_rads"]
+    empty = report_dict(Result(volume, []))
+    assert empty["exam"]["lung_rads"] == "1" and "no nodule" in empty["exam"]["fleischner"]
