@@ -7,7 +7,9 @@ import json
 import numpy as np
 import vtk
 
+from ..management import readout
 from ..measure import measure_nodule
+from ..nodule_type import classify_nodule
 from ..volume import CTVolume
 from .parameters import Parameters
 from .rois import roi_score
@@ -62,7 +64,9 @@ CANDIDATE_COLUMNS = [("Name", "string"), ("Score", "double"), ("Size (mm)", "str
                      ("Slices", "string"), ("Segment", "string")]
 MEASUREMENT_COLUMNS = [("Name", "string"), ("Volume (mm3)", "double"),
                        ("Long axis (mm)", "double"), ("Short axis (mm)", "double"),
-                       ("Mean HU", "double"), ("Slices", "string"), ("Status", "string")]
+                       ("Mean diameter (mm)", "double"), ("Mean HU", "double"),
+                       ("Type", "string"), ("Lung-RADS", "string"), ("Fleischner", "string"),
+                       ("Slices", "string"), ("Status", "string")]
 
 
 def update_candidate_table(params: Parameters) -> None:
@@ -84,11 +88,13 @@ def update_candidate_table(params: Parameters) -> None:
 
 
 def measure_segment(params: Parameters, volume: CTVolume, segment_id: str) -> tuple[dict, str]:
-    """``measure_nodule`` of a segment as it is now (hand edits included), and its slice range;
-    measured on the segment's bounding box, not on a CT-sized mask."""
+    """``measure_nodule`` and the nodule type (``nodule_type.classify_nodule``) of a segment as it
+    is now (hand edits included), and its slice range; measured on the segment's bounding box,
+    not on a CT-sized mask."""
     flat = segment_voxels(params.outputSegmentation, segment_id, params.inputVolume)
     if flat.size == 0:
-        return measure_nodule(volume, np.zeros((1, 1, 1), dtype=bool)), ""
+        empty = np.zeros((1, 1, 1), dtype=bool)
+        return measure_nodule(volume, empty) | classify_nodule(volume, empty), ""
     zyx = np.unravel_index(flat, volume.hu.shape)
     lows = [int(v.min()) for v in zyx]
     box = (lows[0], int(zyx[0].max()) + 1, lows[1], int(zyx[1].max()) + 1, lows[2],
@@ -96,21 +102,24 @@ def measure_segment(params: Parameters, volume: CTVolume, segment_id: str) -> tu
     sub = crop_volume(volume, box)
     mask = np.zeros(sub.hu.shape, dtype=bool)
     mask[tuple(v - low for v, low in zip(zyx, lows))] = True
-    return measure_nodule(sub, mask), f"{box[0]}-{box[1] - 1}"
+    return measure_nodule(sub, mask) | classify_nodule(sub, mask), f"{box[0]}-{box[1] - 1}"
 
 
 def update_measurement_table(params: Parameters, volume: CTVolume, statuses: dict | None = None):
-    """Measure every ROI's segment as it is now (hand edits included) into the table node."""
+    """Measure every ROI's segment as it is now (hand edits included) into the table node, with
+    its type and its Lung-RADS and Fleischner read-out (decision support, ``management``)."""
     rows, measured, statuses = [], [], statuses or {}
-    for roi in params.rois:
-        segment_id = segment_of_roi(params, roi)
-        if segment_id is None:
-            continue
+    segments = [(roi, segment_of_roi(params, roi)) for roi in params.rois]
+    segments = [(roi, segment_id) for roi, segment_id in segments if segment_id is not None]
+    for roi, segment_id in segments:
         measured.append(roi)
         m, slices = measure_segment(params, volume, segment_id)
+        m |= readout(m, multiple=len(segments) > 1)
         rows.append({"Name": roi.GetName(), "Volume (mm3)": m["volume_mm3"],
                      "Long axis (mm)": m["long_axis_mm"], "Short axis (mm)": m["short_axis_mm"],
-                     "Mean HU": m["mean_hu"], "Slices": slices,
+                     "Mean diameter (mm)": m["mean_diameter_mm"], "Mean HU": m["mean_hu"],
+                     "Type": m["type"] or "", "Lung-RADS": m["lung_rads"] or "",
+                     "Fleischner": m["fleischner"] or "", "Slices": slices,
                      "Status": statuses.get(roi.GetName(), "")})
     _fill_table(_ensure_table(params, "measurementTable", "NoduleSAM measurements"),
                 MEASUREMENT_COLUMNS, rows, measured)

@@ -196,6 +196,17 @@ def test_tables_show_titles_as_headers_and_row_0_is_the_first_nodule(headless, c
                         ("Short axis (mm)", "short_axis_mm"), ("Mean HU", "mean_hu")):
         value = measurements.GetTable().GetColumnByName(column).GetValue(0)
         assert value == pytest.approx(expected[key], rel=1e-6), column
+    # and the read-out beside them is the engine's for that mask
+    from NoduleSAMLib.management import readout
+    from NoduleSAMLib.nodule_type import classify_nodule
+
+    expected |= classify_nodule(case.volume, full)
+    expected |= readout(expected)
+    assert expected["type"] in ("solid", "part-solid", "ground-glass")
+    for column, key in (("Type", "type"), ("Lung-RADS", "lung_rads"), ("Fleischner", "fleischner")):
+        assert measurements.GetCellText(0, measurements.GetColumnIndex(column)) == (expected[key] or ""), column
+    assert measurements.GetTable().GetColumnByName("Mean diameter (mm)").GetValue(0) == \
+        pytest.approx(expected["mean_diameter_mm"], rel=1e-6)
     headless.scene.RemoveNode(second)
     assert sc.roi_of_table_row(measurements, 0) is None
 
