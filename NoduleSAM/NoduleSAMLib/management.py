@@ -247,6 +247,17 @@ def _baseline(finding: Finding, size_by: str, context: str = "baseline") -> str:
     return category
 
 
+def size_text(finding: Finding, size_by: str) -> str:
+    """The sizes the tables compared, as a reader would write them."""
+    unit = "mm mean diameter" if size_by == "diameter" else "mm3"
+    text = f"{lung_rads_size(finding.mean_diameter_mm, finding.volume_mm3, size_by):g} {unit}"
+    if finding.type == "part-solid":
+        component = lung_rads_size(finding.solid_component_mean_diameter_mm,
+                                   finding.solid_component_volume_mm3, size_by)
+        text += f", solid component {component:g} {unit.split()[0]}"
+    return text
+
+
 def _higher(a: str, b: str) -> str:
     return max(a, b, key=CATEGORY_ORDER.index)
 
@@ -271,9 +282,10 @@ def lung_rads(finding: Finding, prior: Prior | None = None, *, size_by: str = "d
 def _lung_rads(finding: Finding, prior: Prior | None, size_by: str) -> tuple[str, str]:
     kind = finding.type
     if prior is None:
-        return _baseline(finding, size_by), f"{kind}, baseline size"
+        return _baseline(finding, size_by), f"{kind}, baseline, {size_text(finding, size_by)}"
     if prior.mean_diameter_mm is None:
-        return _baseline(finding, size_by, "new"), f"{kind}, new since the prior"
+        return (_baseline(finding, size_by, "new"),
+                f"{kind}, new since the prior, {size_text(finding, size_by)}")
     # Growth is judged on the rounded mean diameters; a part-solid nodule's on its solid
     # component, which is new where the prior had none.
     now, then = finding.mean_diameter_mm, prior.mean_diameter_mm

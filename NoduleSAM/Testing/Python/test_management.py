@@ -266,9 +266,13 @@ def test_report_readout_fields():
     part = {"type": "part-solid", "mean_diameter_mm": 12.0, "volume_mm3": 900.0,
             "solid_component_mean_diameter_mm": 6.5, "solid_component_volume_mm3": 140.0}
     empty = {"type": None, "mean_diameter_mm": 0.0}
-    assert readout(solid) == {"lung_rads": "3", "lung_rads_reason": "solid, baseline size",
+    assert readout(solid) == {"lung_rads": "3", "lung_rads_reason": "solid, baseline, 7 mm mean diameter",
                               "fleischner": fleischner(Finding("solid", 7.0))}
     assert readout(part, multiple=True)["lung_rads"] == "4A"
+    assert readout(part)["lung_rads_reason"] == ("part-solid, baseline, 12 mm mean diameter, "
+                                                 "solid component 6.5 mm")
+    assert lung_rads(Finding("solid", 7.0, 180.4), Prior(None), size_by="volume").reason == (
+        "solid, new since the prior, 180 mm3")
     assert readout(part, multiple=True)["fleischner"].startswith("Fleischner 2017, multiple subsolid")
     assert readout(empty) == {"lung_rads": None, "lung_rads_reason": None, "fleischner": None}
     exam = exam_readout([solid, part, empty], risk="low")
