@@ -247,6 +247,64 @@ def cmd_demo(args) -> None:
     run_segment(args, image, *outputs.values())
 
 
+def cmd_compare(args) -> None:
+    """Segment both CTs (the engine, or the given boxes), register them and compare the nodules.
+
+    Each CT's segmentation and report are written into the output folder as ``segment`` writes
+    them (prior.seg.nrrd, prior.json, ...), then the comparison reads them back with the CT.
+    """
+    import json
+
+    import SimpleITK as sitk
+
+    from . import compare
+    from .outputs import check_output_paths
+    from .volume import read_ct
+
+    out = Path(args.out)
+    given = {side: compare.parse_date(text, f"--{side}-date")
+             for side in ("prior", "current") if (text := getattr(args, f"{side}_date"))}
+    paths = {side: (out / f"{side}.seg.nrrd", out / f"{side}.json") for side in ("prior", "current")}
+    check_options(args)
+    check_output_paths({"report": out / "compare.json"}, (Path(args.prior), Path(args.current)))
+    scans = {}
+    for side, path in (("prior", args.prior), ("current", args.current)):
+        print(f"{side}: {path}")
+        args.boxes, args.points = getattr(args, f"{side}_boxes"), None
+        args.series = getattr(args, f"{side}_series")
+        report = run_segment(args, path, *paths[side])
+        volume = read_ct(path, args.series)
+        labelmap = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[side][0])))
+        date, patient = compare.dicom_study(path)
+        date_from = "StudyDate" if date else None
+        if side in given:
+            date, date_from = given[side], f"--{side}-date"
+        scans[side] = compare.Scan(volume, [compare.Finding.from_record(r) for r in report["nodules"]],
+                                   labelmap, date, date_from, patient)
+    print("registering the current CT to the prior ...")
+    registration = compare.register(scans["prior"].volume, scans["current"].volume, args.affine)
+    result = compare.compare(scans["prior"], scans["current"], registration)
+    compare.write_figures(result, scans["prior"], scans["current"], registration, out)
+    result["prior"]["report"], result["current"]["report"] = "prior.json", "current.json"
+    (out / "compare.json").write_text(json.dumps(result, indent=2, default=float))
+    for message in result["messages"]:
+        print(f"nodulesam: {message}", file=sys.stderr)
+    print(f"registration: {registration.kind}, {registration.seconds:.0f} s; "
+          f"{len(result['matches'])} matched, {len(result['new'])} new, "
+          f"{len(result['resolved'])} resolved -> {out / 'compare.json'}")
+    for entry in result["matches"]:
+        vdt = entry["vdt_days"]
+        print(f"  {entry['prior']['name']} -> {entry['current']['name']}: "
+              f"{entry['prior_volume_mm3']:.0f} -> {entry['current_volume_mm3']:.0f} mm3 "
+              f"({entry['volume_change_pct']:+.0f} %, {entry['trend']}"
+              + (f", doubling time {vdt:.0f} days" if vdt is not None else "") + ")")
+    for entry in result["new"]:
+        print(f"  new: {entry['current']['name']} ({entry['current']['volume_mm3']:.0f} mm3)")
+    for entry in result["resolved"]:
+        print(f"  resolved: {entry['prior']['name']} ({entry['prior']['volume_mm3']:.0f} mm3)")
+    print(result["disclaimer"])
+
+
 def cmd_models(args) -> None:
     if args.action == "list":
         for row in models.model_rows():
@@ -263,6 +321,32 @@ def cmd_models(args) -> None:
             failed |= not ok
         if failed:
             raise NoduleSAMError("some models failed verification (see above)")
+
+
+def cmd_batch(args) -> None:
+    """A cohort on Ray (``batch.py``): every case's segmentation and report, cases.csv, nodules.csv."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise NoduleSAMError("batch needs Ray: pip install 'nodulesam[batch]' (or pip install "
+                             "ray)") from None
+    from . import batch
+
+    check_options(args)
+    if args.workers is not None and args.workers < 1:
+        raise NoduleSAMError(f"--workers {args.workers}: must be 1 or more")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NoduleSAMError(f"{out}: is a file; --out takes a folder")
+    cases = batch.cases_from_inputs(args.inputs, out)
+    summary = batch.run_batch(cases, out, settings_from_args(args), no_refine=args.no_refine,
+                              workers=args.workers, address=args.address)
+    print(f"{summary['n_ok']} ok, {summary['n_error']} error(s), {summary['n_resumed']} done "
+          f"before, of {summary['n_cases']} case(s) in {summary['seconds']:.0f} s -> "
+          f"{out / 'cases.csv'}, {out / 'nodules.csv'}")
+    for row in summary["cases"]:
+        if row["status"] == "error":
+            print(f"  {row['case_id']}: {row['error']}", file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -295,6 +379,34 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output folder (default: %(default)s)")
     add_model_options(demo)
     demo.set_defaults(func=cmd_demo)
+
+    follow = sub.add_parser("compare", help="follow-up: compare the nodules of two CTs of one patient")
+    follow.add_argument("prior", help="the earlier CT (DICOM series folder or image file)")
+    follow.add_argument("current", help="the later CT")
+    follow.add_argument("--out", required=True, help="output folder: compare.json, the figures, "
+                        "and each CT's segmentation and report")
+    for side in ("prior", "current"):
+        follow.add_argument(f"--{side}-date", help=f"the {side} CT's date, YYYY-MM-DD "
+                            "(default: its DICOM StudyDate)")
+        follow.add_argument(f"--{side}-boxes", help=f"boxes JSON to refine on the {side} CT "
+                            "instead of detecting (as segment --boxes)")
+        follow.add_argument(f"--{side}-series", help="SeriesInstanceUID when the folder holds several")
+    follow.add_argument("--affine", action="store_true", help="try an affine stage after the "
+                        "rigid registration (kept only where it improves the match)")
+    add_model_options(follow)
+    follow.set_defaults(func=cmd_compare)
+
+    cohort = sub.add_parser("batch", help="segment a cohort of CTs on Ray (resumable)")
+    cohort.add_argument("inputs", help="a folder of CTs (DICOM series folders and image files, "
+                        "found recursively) or a CSV manifest: case_id,path[,series_uid,date]")
+    cohort.add_argument("--out", required=True, help="output folder: cases/<case_id>.seg.nrrd and "
+                        ".json, cases.csv, nodules.csv, batch.json, batch.log")
+    cohort.add_argument("--workers", type=int, help="workers, each with its own models (default: "
+                        "the CPUs, at most one per 4 GB of memory)")
+    cohort.add_argument("--address", help="a running Ray cluster to use (e.g. ray://head:10001 or "
+                        "auto); default: a local Ray started for this run")
+    add_model_options(cohort)
+    cohort.set_defaults(func=cmd_batch)
 
     manage = sub.add_parser("models", help="list, download or verify models")
     manage.add_argument("action", choices=["list", "download", "verify"])

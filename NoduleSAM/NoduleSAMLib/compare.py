@@ -18,8 +18,9 @@
    (``scipy.optimize.linear_sum_assignment``) minimises the total distance. Prior nodules left
    over are *resolved*, current ones *new*.
 3. **Change.** Volume change, percent change, the volume doubling time
-   ``VDT = dt * ln 2 / ln(V2 / V1)`` (days; negative when shrinking), and the Lung-RADS v2022
-   growth rule (mean diameter up by more than 1.5 mm within 12 months). A volume change
+   ``VDT = dt * ln 2 / ln(V2 / V1)`` (days; negative when shrinking), the Lung-RADS v2022
+   growth rule (mean diameter up by more than 1.5 mm within 12 months) and the follow-up
+   Lung-RADS category with the prior (``management.lung_rads``). A volume change
    within ``STABLE_PCT`` is *stable* and gets no VDT: it is inside the measurement error.
 
 This is decision support for a radiologist, not a diagnosis.
@@ -33,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import management
 from .errors import NoduleSAMError
 from .volume import CTVolume
 
-DISCLAIMER = ("Decision support for a radiologist, not a diagnosis: the matches, volumes and "
-              "doubling times are measurements to be checked on the images.")
+DISCLAIMER = ("Decision support for a radiologist, not a diagnosis: the matches, volumes, "
+              "doubling times and categories are measurements to be checked on the images.")
 LUNG_WINDOW_HU = (-1000.0, 150.0)   # clamp for registration and local similarity
 REGISTRATION_SPACING_MM = 3.0       # both CTs are averaged to about this voxel size to register
 AFFINE_MIN_GAIN = 0.02              # relative metric improvement an affine stage must bring
@@ -56,8 +58,7 @@ MIN_LOCAL_SIMILARITY = 0.5
 # (benchmarks/compare.py, BENCHMARKS.md "Follow-up comparison"); the largest change there is
 # well inside 25 %, the threshold the Fleischner Society and the ESTI give for volumetry.
 STABLE_PCT = 25.0
-LUNG_RADS_GROWTH_MM = 1.5           # Lung-RADS v2022: growth is > 1.5 mm mean diameter ...
-LUNG_RADS_GROWTH_DAYS = 365         # ... within 12 months
+DAYS_PER_MONTH = 365.25 / 12
 
 
 @dataclass
@@ -315,17 +316,30 @@ def change(prior: Finding, current: Finding, days: int | None) -> dict:
 
 
 def lung_rads_growth(prior_mm: float, current_mm: float, days: int | None) -> bool | None:
-    """Lung-RADS v2022 growth: mean diameter (one decimal) up by more than 1.5 mm within 12
-    months. None where the diameter grew that much but the interval is unknown.
-
-    Kept here because the Lung-RADS rule tables (management.py) were not in the code base when
-    the comparison was written."""
-    increase = round(current_mm, 1) - round(prior_mm, 1)
-    if increase <= LUNG_RADS_GROWTH_MM + 1e-9:
+    """Lung-RADS v2022 growth (``management.GROWTH_MM``, ``GROWTH_WINDOW_MONTHS``): mean
+    diameter, each rounded to one decimal, up by more than 1.5 mm within 12 months. None where
+    it grew that much but the interval is unknown."""
+    increase = management.round_half_up(
+        management.round_half_up(current_mm, 1) - management.round_half_up(prior_mm, 1), 1)
+    if increase <= management.GROWTH_MM:
         return False
     if days is None:
         return None
-    return days <= LUNG_RADS_GROWTH_DAYS
+    return days / DAYS_PER_MONTH <= management.GROWTH_WINDOW_MONTHS
+
+
+def lung_rads_follow_up(current: Finding, prior: Finding | None, days: int | None) -> dict:
+    """The Lung-RADS v2022 category of a current nodule given the prior (``management.lung_rads``;
+    ``prior`` None: a new nodule). None where the nodule has no type or the interval is unknown
+    (the growth rule needs it)."""
+    finding = management.finding_from_record(current.record)
+    if finding is None or days is None or days <= 0:
+        return {"lung_rads": None, "lung_rads_reason": None}
+    before = management.Prior(
+        None if prior is None else prior.mean_diameter_mm, days / DAYS_PER_MONTH,
+        None if prior is None else prior.record.get("solid_component_mean_diameter_mm"))
+    assessment = management.lung_rads(finding, before)
+    return {"lung_rads": assessment.category, "lung_rads_reason": assessment.reason}
 
 
 def compare(prior: Scan, current: Scan, registration: Registration | None = None,
@@ -353,12 +367,14 @@ def compare(prior: Scan, current: Scan, registration: Registration | None = None
         p, c = prior.findings[i], current.findings[j]
         matches.append({"prior": p.summary(), "current": c.summary(),
                         "distance_mm": distance, "local_similarity": local,
-                        **change(p, c, days if days and days > 0 else None)})
+                        **change(p, c, days if days and days > 0 else None),
+                        "follow_up": lung_rads_follow_up(c, p, days)})
     resolved = [{"prior": prior.findings[i].summary(),
                  "expected_current_lps_mm": mapped[i].tolist(),
                  "local_similarity": similarity.get(i)}
                 for i in range(len(prior.findings)) if i not in matched_prior]
-    new = [{"current": current.findings[j].summary()}
+    new = [{"current": current.findings[j].summary(),
+            "follow_up": lung_rads_follow_up(current.findings[j], None, days)}
            for j in range(len(current.findings)) if j not in matched_current]
     return {
         "disclaimer": DISCLAIMER,
@@ -367,7 +383,7 @@ def compare(prior: Scan, current: Scan, registration: Registration | None = None
         "registration": registration.to_dict(),
         "settings": {"gate_mm": GATE_MM, "min_local_similarity": MIN_LOCAL_SIMILARITY,
                      "local_cube_mm": 2 * LOCAL_HALF_MM, "stable_pct": STABLE_PCT,
-                     "lung_rads_growth_mm": LUNG_RADS_GROWTH_MM},
+                     "lung_rads_growth_mm": management.GROWTH_MM},
         "messages": messages,
         "matches": matches, "new": new, "resolved": resolved,
     }
@@ -456,3 +472,83 @@ def target_registration_error(registration: Registration, truth, points_lps) -> 
     points = np.atleast_2d(np.asarray(points_lps, float))
     expected = np.array([truth.TransformPoint([float(v) for v in p]) for p in points])
     return np.linalg.norm(registration.to_current(points) - expected, axis=1)
+
+
+FIGURE_HALF_MM = 30.0   # each panel shows 60 mm x 60 mm around the nodule
+FIGURE_PIXEL_MM = 0.5
+
+
+def _axial_panel(image, transform, centre_lps, direction, interpolator, default):
+    """The axial plane (of the prior's axes) through ``centre_lps`` (prior LPS mm), 60 mm wide,
+    sampled from ``image`` through ``transform`` (prior -> that image's LPS)."""
+    import SimpleITK as sitk
+
+    n = round(2 * FIGURE_HALF_MM / FIGURE_PIXEL_MM) + 1
+    axes = np.asarray(direction, float).reshape(3, 3)
+    origin = np.asarray(centre_lps, float) - axes @ np.array([FIGURE_HALF_MM, FIGURE_HALF_MM, 0])
+    plane = sitk.Resample(image, [n, n, 1], transform, interpolator, origin.tolist(),
+                          [FIGURE_PIXEL_MM] * 3, axes.ravel().tolist(), default)
+    return sitk.GetArrayFromImage(plane)[0]
+
+
+def write_figures(comparison: dict, prior: Scan, current: Scan, registration: Registration,
+                  folder: str | Path) -> None:
+    """One PNG per match, new and resolved nodule: the prior (left) and the current CT mapped
+    onto the prior's axes (right), the same 60 mm axial plane through the nodule, contours drawn.
+    Adds each entry's ``figure`` (the file name, relative to ``folder``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import SimpleITK as sitk
+
+    from .outputs import _atomic_target
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for side, scan in (("prior", prior), ("current", current)):
+        labels = scan.labelmap if scan.labelmap is not None else np.zeros(scan.volume.hu.shape, np.uint16)
+        images[side] = (to_sitk(scan.volume.hu.astype(np.float32), scan.volume),
+                        to_sitk(labels.astype(np.uint16), scan.volume))
+    transforms = {"prior": sitk.Transform(), "current": registration.transform}
+    direction = prior.volume.direction_lps
+    days = comparison.get("interval_days")
+    for kind in ("matches", "new", "resolved"):
+        for number, entry in enumerate(comparison[kind], 1):
+            if "prior" in entry:
+                centre = entry["prior"]["centroid_lps_mm"]
+            else:
+                centre = np.ravel(registration.to_prior(entry["current"]["centroid_lps_mm"]))
+            figure, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+            for axis, side in zip(axes, ("prior", "current")):
+                hu_image, label_image = images[side]
+                hu = _axial_panel(hu_image, transforms[side], centre, direction, sitk.sitkLinear, -1024.0)
+                labels = _axial_panel(label_image, transforms[side], centre, direction,
+                                      sitk.sitkNearestNeighbor, 0)
+                axis.imshow(hu, cmap="gray", vmin=-1350, vmax=150)
+                finding = entry.get(side)
+                if finding is not None and (labels == finding["label"]).any():
+                    axis.contour(labels == finding["label"], levels=[0.5], colors=["#e6194b"],
+                                 linewidths=1.2)
+                date = comparison[side]["date"] or "date unknown"
+                text = (f"{finding['name']}: {finding['volume_mm3']:.0f} mm³, mean "
+                        f"{finding['mean_diameter_mm']:.1f} mm" if finding else "no nodule here")
+                axis.set_title(f"{side} ({date})\n{text}", fontsize=9)
+                axis.axis("off")
+            if kind == "matches":
+                vdt = entry["vdt_days"]
+                summary = (f"{entry['trend']}: {entry['volume_change_pct']:+.0f} % volume"
+                           + (f", doubling time {vdt:.0f} days" if vdt is not None else "")
+                           + (f" over {days} days" if days else ""))
+            else:
+                summary = "new nodule" if kind == "new" else "not found in the current CT"
+            figure.suptitle(summary + " (decision support, not a diagnosis)", fontsize=9)
+            figure.tight_layout()
+            name = f"{kind}_{number}.png"
+            path = folder / name
+            partial = _atomic_target(path)
+            figure.savefig(partial, dpi=100, format="png")
+            plt.close(figure)
+            partial.replace(path)
+            entry["figure"] = name

@@ -217,3 +217,88 @@ def test_dates_are_read_and_checked(series_0001):
     assert compare.parse_date("2021-03-04", "--prior-date") == dt.date(2021, 3, 4)
     with pytest.raises(compare.NoduleSAMError, match="--prior-date 2021-13-01: not a date"):
         compare.parse_date("2021-13-01", "--prior-date")
+
+
+def write_nifti(volume: CTVolume, path) -> None:
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.Cast(compare.to_sitk(volume.hu, volume), sitk.sitkInt16), str(path))
+
+
+def boxes_json(labels: np.ndarray, values, path, margin: int = 3) -> None:
+    """A --boxes file: the bounding box of each label value, ``margin`` px wider in-plane."""
+    boxes = []
+    for value in values:
+        zs, ys, xs = np.nonzero(labels == value)
+        boxes.append({"name": f"Nodule {value}",
+                      "ijk": [int(zs.min()), int(zs.max()) + 1, int(ys.min()) - margin,
+                              int(ys.max()) + 1 + margin, int(xs.min()) - margin,
+                              int(xs.max()) + 1 + margin]})
+    path.write_text(json.dumps({"boxes": boxes}))
+
+
+def test_compare_command_end_to_end_on_given_boxes(lidc_dir, tmp_path):
+    """`nodulesam compare` on a slab of LIDC-IDRI-0003 (its 13 and 15 mm nodules) and a moved,
+    resampled copy, both refined from boxes by the real refiner: two stable matches, one to one,
+    the dates from the options, compare.json and a figure per match."""
+    import SimpleITK as sitk
+
+    from NoduleSAMLib.cli import main
+
+    folder = next(p.parent for p in (lidc_dir / "scans" / "LIDC-IDRI-0003").rglob("*.dcm"))
+    ct = read_ct(folder)
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(
+        str(lidc_dir / "scans" / "LIDC-IDRI-0003.consensus50.nii.gz")))
+    moved, moved_labels, _ = moved_copy(ct, ROTATION_DEG, TRANSLATION_MM, reference,
+                                        MOVED_SPACING_MM)
+    z_range = (lps_z(ct, 70), lps_z(ct, 100))  # nodules 3 and 4: slices 78-90
+    prior, prior_labels = slab(ct, reference, z_range)
+    current, current_labels = slab(moved, moved_labels, (z_range[0] + 5, z_range[1] + 5))
+    write_nifti(prior, tmp_path / "prior.nii.gz")
+    write_nifti(current, tmp_path / "current.nii.gz")
+    boxes_json(prior_labels, (3, 4), tmp_path / "prior_boxes.json")
+    boxes_json(current_labels, (3, 4), tmp_path / "current_boxes.json")
+    out = tmp_path / "out"
+    code = main(["compare", str(tmp_path / "prior.nii.gz"), str(tmp_path / "current.nii.gz"),
+                 "--out", str(out), "--prior-boxes", str(tmp_path / "prior_boxes.json"),
+                 "--current-boxes", str(tmp_path / "current_boxes.json"),
+                 "--prior-date", "2020-01-10", "--current-date", "2020-07-08"])
+    assert code == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert result["interval_days"] == 180 and result["prior"]["date_from"] == "--prior-date"
+    assert not result["new"] and not result["resolved"]
+    assert sorted((m["prior"]["name"], m["current"]["name"]) for m in result["matches"]) == \
+        [("Nodule 3", "Nodule 3"), ("Nodule 4", "Nodule 4")]
+    for match in result["matches"]:
+        print(f"{match['prior']['name']}: {match['prior_volume_mm3']:.0f} -> "
+              f"{match['current_volume_mm3']:.0f} mm3 ({match['volume_change_pct']:+.1f} %)")
+        assert match["trend"] == "stable" and match["vdt_days"] is None
+        assert match["lung_rads_growth"] is False
+        assert match["follow_up"]["lung_rads"] is not None
+        assert (out / match["figure"]).stat().st_size > 10_000
+    assert "not a diagnosis" in result["disclaimer"]
+    for name in ("prior.seg.nrrd", "prior.json", "current.seg.nrrd", "current.json"):
+        assert (out / name).is_file()
+
+
+@pytest.mark.slow
+def test_compare_command_whole_engine_on_a_whole_scan(series_0001, tmp_path):
+    """The whole engine (detector, classifier, refiner) on LIDC-IDRI-0001's DICOM and on a
+    moved, resampled copy of it: its nodule matched and stable; dates from StudyDate (LIDC's
+    anonymised 2000-01-01 in both) give no doubling time, with a message."""
+    from NoduleSAMLib.cli import main
+
+    ct = read_ct(series_0001)
+    moved, _, _ = moved_copy(ct, ROTATION_DEG, TRANSLATION_MM, None, MOVED_SPACING_MM)
+    write_nifti(moved, tmp_path / "current.nii.gz")
+    out = tmp_path / "out"
+    assert main(["compare", str(series_0001), str(tmp_path / "current.nii.gz"), "--out", str(out),
+                 "--current-date", "2000-07-01"]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert result["prior"]["date_from"] == "StudyDate" and result["interval_days"] == 182
+    nodule_1 = np.array([56.403, 86.343, -115.959])  # reference centroid, LPS mm
+    found = [m for m in result["matches"]
+             if np.linalg.norm(np.array(m["prior"]["centroid_lps_mm"]) - nodule_1) < 5]
+    assert len(found) == 1 and found[0]["trend"] == "stable"
+    print({k: len(result[k]) for k in ("matches", "new", "resolved")},
+          f"nodule 1: {found[0]['volume_change_pct']:+.1f} %")
