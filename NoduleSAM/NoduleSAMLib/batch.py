@@ -409,11 +409,26 @@ class CaseWorker:
         return {"pid": os.getpid(), "load_models_s": round(self.load_s, 3),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
-    def run(self, case_dict: dict, out_dir: str, key: str, content_sha256: str) -> dict:
+    def run(self, case_dict: dict, out_dir: str, key: str, content_sha256: str,
+            run_id: str = "") -> dict:
+        """Segment one case; ``attempts`` counts the tries of this batch run (``run_id``): Ray
+        runs the call again on the restarted worker when a worker process dies, and the marker
+        file left by the first try tells the second it is one."""
+        case = Case(**case_dict)
+        marker = case_paths(Path(out_dir), case.case_id)["done"].with_suffix(".attempt")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tried = marker.read_text().split("\n") if marker.exists() else []
+        except OSError:
+            tried = []
+        attempts = sum(line == run_id for line in tried) + 1
+        with open(marker, "a") as f:
+            f.write(run_id + "\n")
         _crash_once_hook()
-        row = segment_case(self.pipeline, self.settings, self.no_refine, Case(**case_dict),
-                           Path(out_dir), key, content_sha256)
-        return row | {"worker_pid": os.getpid()}
+        row = segment_case(self.pipeline, self.settings, self.no_refine, case, Path(out_dir), key,
+                           content_sha256)
+        marker.unlink(missing_ok=True)
+        return row | {"worker_pid": os.getpid(), "attempts": attempts}
 
 
 def default_workers(resources: dict) -> int:
@@ -484,7 +499,9 @@ def run_batch(cases: list[Case], out_dir: str | Path, settings, no_refine: bool 
             count = min(workers or default_workers(resources), len(todo))
             threads = max(1, int(resources.get("CPU", 1)) // count)
             gpus = resources.get("GPU", 0)
-            options = {"num_cpus": threads, "max_restarts": -1, "max_task_retries": 0}
+            # A dead worker process is restarted (loading its models again) and the case it was
+            # running is run again once; a case that kills it twice becomes an error row.
+            options = {"num_cpus": threads, "max_restarts": -1, "max_task_retries": 1}
             if gpus and settings.device != "cpu":
                 options["num_gpus"] = min(1.0, gpus / count)  # workers share a GPU by fractions
             actor = ray.remote(CaseWorker).options(**options)
@@ -524,17 +541,18 @@ def run_batch(cases: list[Case], out_dir: str | Path, settings, no_refine: bool 
 
 
 def _dispatch(pool: list, todo: list, out_dir: Path, logger, bar) -> dict[str, dict]:
-    """Keep one case in flight per worker; a case whose worker died is retried once (Ray restarts
-    the actor, which loads its models again); a second death makes it an error row."""
+    """Keep one case in flight per worker, the next case going to the first worker free."""
+    import uuid
+
     import ray
 
-    queue = [(case, key, content, 1) for case, key, content in reversed(todo)]
+    run_id = uuid.uuid4().hex
+    queue = list(reversed(todo))
     running, rows = {}, {}
 
     def submit(worker):
-        case, key, content, attempt = queue.pop()
-        ref = worker.run.remote(asdict(case), str(out_dir), key, content)
-        running[ref] = (worker, case, key, content, attempt)
+        case, key, content = queue.pop()
+        running[worker.run.remote(asdict(case), str(out_dir), key, content, run_id)] = (worker, case)
 
     for worker in pool:
         if queue:
@@ -542,24 +560,21 @@ def _dispatch(pool: list, todo: list, out_dir: Path, logger, bar) -> dict[str, d
     with bar:
         while running:
             [ref], _ = ray.wait(list(running), num_returns=1)
-            worker, case, key, content, attempt = running.pop(ref)
+            worker, case = running.pop(ref)
             try:
-                row = ray.get(ref) | {"attempts": attempt}
+                row = ray.get(ref)
             except ray.exceptions.RayActorError as err:
-                if attempt == 1:
-                    logger.info(f"{case.case_id}: its worker died ({type(err).__name__}); retrying once")
-                    queue.append((case, key, content, 2))
-                    submit(worker)
-                    continue
-                row = asdict(case) | {"status": "error", "attempts": attempt, "seconds": None,
+                row = asdict(case) | {"status": "error", "attempts": 2, "seconds": None,
                                       "error": "its worker process died twice on this case "
-                                               "(out of memory?); see batch.log"}
+                                               f"(out of memory?): {one_line(err)}"}
             rows[case.case_id] = row
             logger.info(f"{case.case_id}: {row['status']}"
                         + (f", {row['n_nodules']} nodule(s)" if row["status"] == "ok" else
                            f": {row['error']}")
-                        + f", {row.get('seconds') or 0:.1f} s, attempt {attempt}"
-                        + (f", worker {row['worker_pid']}" if "worker_pid" in row else ""))
+                        + f", {row.get('seconds') or 0:.1f} s"
+                        + (f", worker {row['worker_pid']}" if "worker_pid" in row else "")
+                        + (", on the restarted worker after its first worker died"
+                           if row["attempts"] > 1 else ""))
             bar.update(1)
             if queue:
                 submit(worker)
