@@ -45,10 +45,10 @@ REGISTRATION_SPACING_MM = 3.0       # both CTs are averaged to about this voxel 
 AFFINE_MIN_GAIN = 0.02              # relative metric improvement an affine stage must bring
 GATE_MM = 10.0                      # largest distance of matched centroids after registration
 LOCAL_HALF_MM = 25.0                # half side of the cube of ``local_similarity``
-# Correlation below which two places are not the same anatomy. Measured (benchmarks/compare.py):
+# Correlation below which two places are not the same anatomy. Measured (BENCHMARKS.md, follow-up notes):
 # a real CT against its moved, resampled copy gives 0.99 or more at each of its 6 nodules;
 # LIDC-IDRI-0001, -0003 and -0314 against one another, at the place where the registration maps
-# the other patient's nodules, give -0.32 to 0.81 (9 of 12 below 0.5). So the check removes most
+# the other patient's nodules, give -0.32 to 0.81 (8 of 12 below 0.5). So the check removes most
 # but not all look-alike places of another chest; it is set low because a real follow-up
 # (another breath, dose and kernel) correlates less than a copy does, and a missed match (a
 # growing nodule reported as resolved + new) is the worse error.
@@ -544,7 +544,7 @@ def write_figures(comparison: dict, prior: Scan, current: Scan, registration: Re
             else:
                 summary = "new nodule" if kind == "new" else "not found in the current CT"
             figure.suptitle(summary + " (decision support, not a diagnosis)", fontsize=9)
-            figure.tight_layout()
+            figure.tight_layout(rect=(0, 0, 1, 0.94))
             name = f"{kind}_{number}.png"
             path = folder / name
             partial = _atomic_target(path)

@@ -164,7 +164,7 @@ def test_pasted_nodule_grows_by_its_known_scale(lidc_dir):
     assert found["mean_diameter_change_mm"] > 1.5 and found["lung_rads_growth"] is True
 
 
-def test_another_patient_gives_no_match(lidc_dir, ct_0001, reference_0001):
+def test_another_patient_gives_no_match(lidc_dir, ct_0001, reference_0001, tmp_path):
     """LIDC-IDRI-0001 (1 nodule) against LIDC-IDRI-0003 (4): nothing may match."""
     import SimpleITK as sitk
 
@@ -178,6 +178,11 @@ def test_another_patient_gives_no_match(lidc_dir, ct_0001, reference_0001):
     result = compare.compare(prior, current, registration)
     assert result["matches"] == []
     assert len(result["resolved"]) == 1 and len(result["new"]) == 4
+    compare.write_figures(result, prior, current, registration, tmp_path)
+    assert [e["figure"] for e in result["new"]] == [f"new_{n}.png" for n in range(1, 5)]
+    assert result["resolved"][0]["figure"] == "resolved_1.png"
+    assert all((tmp_path / e["figure"]).stat().st_size > 10_000
+               for e in result["new"] + result["resolved"])
     # The other patient's nodules placed exactly where the registration maps them in this
     # patient: the distance gate passes them all; the surroundings tell most apart (not all:
     # a place by the chest wall can look alike in two chests, see compare.MIN_LOCAL_SIMILARITY).
@@ -238,11 +243,11 @@ def boxes_json(labels: np.ndarray, values, path, margin: int = 3) -> None:
 
 
 def test_compare_command_end_to_end_on_given_boxes(lidc_dir, tmp_path):
-    """`nodulesam compare` on a slab of LIDC-IDRI-0003 (its 13 and 15 mm nodules) and a moved,
-    resampled copy, both refined from boxes by the real refiner: two stable matches, one to one,
-    the dates from the options, compare.json and a figure per match."""
+    """`nodulesam compare` on a slab of LIDC-IDRI-0003 (its 13 mm nodule 3) and a moved,
+    resampled copy, both refined from a box by the real refiner: a stable match, the dates from
+    the options, compare.json and the figure. (With nodule 4 as well, about 4 minutes on 2
+    loaded cores: both matched one to one, -0.1 % and -3.0 %.)"""
     import SimpleITK as sitk
-
     from NoduleSAMLib.cli import main
 
     folder = next(p.parent for p in (lidc_dir / "scans" / "LIDC-IDRI-0003").rglob("*.dcm"))
@@ -256,8 +261,8 @@ def test_compare_command_end_to_end_on_given_boxes(lidc_dir, tmp_path):
     current, current_labels = slab(moved, moved_labels, (z_range[0] + 5, z_range[1] + 5))
     write_nifti(prior, tmp_path / "prior.nii.gz")
     write_nifti(current, tmp_path / "current.nii.gz")
-    boxes_json(prior_labels, (3, 4), tmp_path / "prior_boxes.json")
-    boxes_json(current_labels, (3, 4), tmp_path / "current_boxes.json")
+    boxes_json(prior_labels, (3,), tmp_path / "prior_boxes.json")
+    boxes_json(current_labels, (3,), tmp_path / "current_boxes.json")
     out = tmp_path / "out"
     code = main(["compare", str(tmp_path / "prior.nii.gz"), str(tmp_path / "current.nii.gz"),
                  "--out", str(out), "--prior-boxes", str(tmp_path / "prior_boxes.json"),
@@ -267,8 +272,8 @@ def test_compare_command_end_to_end_on_given_boxes(lidc_dir, tmp_path):
     result = json.loads((out / "compare.json").read_text())
     assert result["interval_days"] == 180 and result["prior"]["date_from"] == "--prior-date"
     assert not result["new"] and not result["resolved"]
-    assert sorted((m["prior"]["name"], m["current"]["name"]) for m in result["matches"]) == \
-        [("Nodule 3", "Nodule 3"), ("Nodule 4", "Nodule 4")]
+    assert [(m["prior"]["name"], m["current"]["name"]) for m in result["matches"]] == \
+        [("Nodule 3", "Nodule 3")]
     for match in result["matches"]:
         print(f"{match['prior']['name']}: {match['prior_volume_mm3']:.0f} -> "
               f"{match['current_volume_mm3']:.0f} mm3 ({match['volume_change_pct']:+.1f} %)")
@@ -279,6 +284,15 @@ def test_compare_command_end_to_end_on_given_boxes(lidc_dir, tmp_path):
     assert "not a diagnosis" in result["disclaimer"]
     for name in ("prior.seg.nrrd", "prior.json", "current.seg.nrrd", "current.json"):
         assert (out / name).is_file()
+
+
+def test_compare_command_refuses_a_bad_date_before_any_work(tmp_path):
+    from NoduleSAMLib.cli import main
+
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"), "--out",
+                 str(out), "--current-date", "2020-02-30"]) == 2
+    assert not out.exists()
 
 
 @pytest.mark.slow
