@@ -431,6 +431,15 @@ class CaseWorker:
         return row | {"worker_pid": os.getpid(), "attempts": attempts}
 
 
+def _check_models(settings) -> None:
+    """The models are found before any worker starts, so a typo is one error, not a row per case."""
+    from . import models
+
+    models.detector_folder(settings.detector)
+    if settings.fpr != "none":
+        models.fpr_folder(settings.fpr)
+
+
 def default_workers(resources: dict) -> int:
     """As many workers as there are CPUs, but no more than the memory holds (``WORKER_MEMORY_BYTES``
     each); ``resources`` is ``ray.cluster_resources()``."""
@@ -463,6 +472,7 @@ def run_batch(cases: list[Case], out_dir: str | Path, settings, no_refine: bool 
     import ray
     from tqdm import tqdm
 
+    _check_models(settings)
     out_dir = Path(out_dir)
     (out_dir / "cases").mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("nodulesam.batch")
@@ -497,11 +507,14 @@ def run_batch(cases: list[Case], out_dir: str | Path, settings, no_refine: bool 
             ray_started = start_ray(address, num_cpus)
             resources = ray.cluster_resources()
             count = min(workers or default_workers(resources), len(todo))
-            threads = max(1, int(resources.get("CPU", 1)) // count)
+            cpus = resources.get("CPU", 1)
+            threads = max(1, int(cpus) // count)
             gpus = resources.get("GPU", 0)
             # A dead worker process is restarted (loading its models again) and the case it was
-            # running is run again once; a case that kills it twice becomes an error row.
-            options = {"num_cpus": threads, "max_restarts": -1, "max_task_retries": 1}
+            # running is run again once; a case that kills it twice becomes an error row. More
+            # workers than CPUs get CPU fractions, so that all of them are placed.
+            options = {"num_cpus": min(threads, cpus / count), "max_restarts": -1,
+                       "max_task_retries": 1}
             if gpus and settings.device != "cpu":
                 options["num_gpus"] = min(1.0, gpus / count)  # workers share a GPU by fractions
             actor = ray.remote(CaseWorker).options(**options)

@@ -202,6 +202,23 @@ def test_parquet_tables(tmp_path):
     assert "cases_parquet" in written
 
 
+def test_user_errors_before_any_worker(cohort, tmp_path, capsys):
+    """A typo fails at once with one line, before Ray or a model is started."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'nodulesam[batch]')")
+    out = tmp_path / "out"
+    for options, message in ((["--detector", "no-such-detector"], "no-such-detector"),
+                             (["--workers", "0"], "--workers 0: must be 1 or more"),
+                             (["--folds", "x"], "not a fold number")):
+        assert main(["batch", str(cohort), "--out", str(out), *options]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert main(["batch", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["batch", str(cohort), "--out", str(tmp_path / "file")]) == 2
+    assert "--out takes a folder" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # On Ray
 
