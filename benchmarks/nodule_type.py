@@ -28,6 +28,7 @@ import csv
 import datetime
 import itertools
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -52,6 +53,16 @@ LABELS = ("ground-glass", "part-solid", "solid")  # the tables' order
 CLASS_NAMES = {"ground glass": "ground-glass", "part solid": "part-solid", "solid": "solid"}
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def reference_type(texture: float) -> str:
     return CLASS_NAMES[texture_class(texture)]
 
@@ -71,14 +82,16 @@ def read_voi(folder: Path) -> tuple[CTVolume, np.ndarray]:
 def agreement(reference: list[str], predicted: list[str]) -> dict:
     from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusion_matrix
 
-    matrix = confusion_matrix(reference, predicted, labels=list(LABELS))
+    # an empty mask has no type ("none"): a column of its own, never dropped
+    labels = list(LABELS) + sorted(set(predicted) - set(LABELS))
+    matrix = confusion_matrix(reference, predicted, labels=labels)
     recall = {t: (float(matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else None)
               for i, t in enumerate(LABELS)}
     return {"n": len(reference), "counts": {t: int(matrix[i].sum()) for i, t in enumerate(LABELS)},
-            "confusion_rows_reference_cols_predicted": matrix.tolist(), "labels": list(LABELS),
+            "confusion_rows_reference_cols_predicted": matrix.tolist(), "labels": labels,
             "recall": recall, "balanced_accuracy": float(balanced_accuracy_score(reference, predicted)),
             "accuracy": float(np.mean(np.asarray(reference) == np.asarray(predicted))),
-            "cohen_kappa": float(cohen_kappa_score(reference, predicted, labels=list(LABELS)))}
+            "cohen_kappa": float(cohen_kappa_score(reference, predicted, labels=labels))}
 
 
 def kappa_interval(reference, predicted, reps=2000, seed=0) -> list[float]:
@@ -91,7 +104,7 @@ def kappa_interval(reference, predicted, reps=2000, seed=0) -> list[float]:
     for _ in range(reps):
         pick = rng.integers(0, len(reference), len(reference))
         if len(set(reference[pick]) | set(predicted[pick])) > 1:
-            values.append(cohen_kappa_score(reference[pick], predicted[pick], labels=list(LABELS)))
+            values.append(cohen_kappa_score(reference[pick], predicted[pick]))
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
@@ -120,6 +133,31 @@ def reader_agreement(rows: list[dict]) -> dict:
             "fleiss_kappa_by_readers": fleiss}
 
 
+def refined_types(cases, volumes, rows, settings: TypeSettings, encoder: str):
+    """The types of the engine's masks: each VOI refined by LiteMedSAM from the consensus's tight
+    3D box (what a user's box gives), with the engine's defaults; and their 3D Dice."""
+    import torch
+    from NoduleSAMLib.boxes import Candidate
+    from NoduleSAMLib.models import build_sam
+    from NoduleSAMLib.refine import BoxRefiner
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    refiner = BoxRefiner(build_sam("litemedsam"), encoder=encoder)
+    types, dice = [], []
+    for i in cases:
+        volume, truth = volumes[i]
+        zs, ys, xs = np.nonzero(truth)
+        box = (int(zs.min()), int(zs.max()) + 1, int(ys.min()), int(ys.max()) + 1,
+               int(xs.min()), int(xs.max()) + 1)
+        mask = np.zeros(truth.shape, bool)
+        mask[box[0]:box[1], box[2]:box[3], box[4]:box[5]] = refiner.refine(
+            volume.hu, Candidate("n", box, source="given box"), rows[i]["case_id"])
+        types.append(classify_nodule(volume, mask, settings)["type"] or "none")
+        dice.append(2 * (mask & truth).sum() / max(mask.sum() + truth.sum(), 1))
+        print(rows[i]["case_id"], types[-1], f"dice {dice[-1]:.2f}", flush=True, file=sys.stderr)
+    return types, dice
+
+
 def tune(fractions: dict[float, np.ndarray], reference: np.ndarray, pick: np.ndarray) -> dict:
     """The grid point with the highest balanced accuracy + kappa on the ``pick`` cases."""
     from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score
@@ -141,6 +179,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lidc", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "nodule_type.json")
+    parser.add_argument("--refined", action="store_true",
+                        help="also classify the engine's refined masks of the test VOIs (LiteMedSAM "
+                             "from the consensus's tight 3D box; minutes on a CPU)")
+    parser.add_argument("--encoder", default="auto", help="refiner encoder backend (with --refined)")
+    parser.add_argument("--solid-step", type=int, default=1,
+                        help="with --refined: every ground-glass and part-solid test case but only "
+                             "every N-th solid one (default 1: all)")
     args = parser.parse_args(argv)
     lidc = args.lidc or default_lidc_dir()
     start = time.perf_counter()
@@ -173,12 +218,27 @@ def main(argv=None) -> dict:
         results[name] = agreement(list(reference[pick]), list(predicted[pick]))
         results[name]["cohen_kappa_95ci"] = kappa_interval(reference[pick], predicted[pick])
         results[name]["readers"] = reader_agreement([r for r, p in zip(rows, pick) if p])
+    if args.refined:
+        test = np.flatnonzero(split == "test")
+        solid = test[reference[test] == "solid"]
+        test = np.sort(np.concatenate([test[reference[test] != "solid"], solid[::args.solid_step]]))
+        refined, dice = refined_types(test, volumes, rows, settings, args.encoder)
+        name = (f"test, engine's refined masks (tight box; every {args.solid_step}th solid case)"
+                if args.solid_step > 1 else "test, engine's refined masks (tight box)")
+        results[name] = agreement(list(reference[test]), refined)
+        results[name]["cohen_kappa_95ci"] = kappa_interval(reference[test], refined)
+        results[name]["readers"] = results["test"]["readers"]
+        results[name]["mean_dice_vs_consensus"] = float(np.mean(dice))
+        results[name]["consensus_masks_same_cases"] = agreement(list(reference[test]),
+                                                                list(predicted[test]))
+        results[name]["cases"] = {rows[i]["case_id"]: {"reference": reference[i], "consensus": predicted[i],
+                                                       "refined": t, "dice": float(d)}
+                                  for i, t, d in zip(test, refined, dice)}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     report = {
         "benchmark": "nodule type vs LIDC readers' texture", "date": datetime.date.today().isoformat(),
-        "commit": commit, "machine": f"{platform.processor() or platform.machine()}, "
-                                     f"{__import__('os').cpu_count()} cores",
+        "commit": commit, "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "masks": "LIDC 50% consensus (consensus50.nii.gz)",
         "reference": "texture median: 1-2 ground-glass, >2 to <4 part-solid, 4-5 solid",
         "tuned_on": "train + val", "tuning": tuned, "settings": settings.to_dict(),
@@ -207,8 +267,8 @@ def markdown(report: dict) -> str:
             f"| {r['readers']['reader_vs_median_of_others']['cohen_kappa']:.2f} "
             f"| {fmt(fleiss.get('3', {}).get('fleiss_kappa'))} / {fmt(fleiss.get('4', {}).get('fleiss_kappa'))} |")
     for name, r in report["results"].items():
-        lines.append(f"\nConfusion, {name} (rows: readers' median GG / PS / solid; columns: ours): "
-                     f"{r['confusion_rows_reference_cols_predicted']}")
+        lines.append(f"\nConfusion, {name} (rows: readers' median GG / PS / solid; columns: ours "
+                     f"{' / '.join(r['labels'])}): {r['confusion_rows_reference_cols_predicted']}")
     return "\n".join(lines)
 
 

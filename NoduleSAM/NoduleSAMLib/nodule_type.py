@@ -29,7 +29,6 @@ from scipy import ndimage
 from .measure import measure_nodule
 from .volume import CTVolume
 
-TYPES = ("solid", "part-solid", "ground-glass")
 IN_PLANE_CROSS = np.zeros((3, 3, 3), bool)  # 4-connected erosion within each axial slice
 IN_PLANE_CROSS[1] = ndimage.generate_binary_structure(2, 1)
 
