@@ -339,8 +339,12 @@ def cmd_batch(args) -> None:
     if out.exists() and not out.is_dir():
         raise NoduleSAMError(f"{out}: is a file; --out takes a folder")
     cases = batch.cases_from_inputs(args.inputs, out)
-    summary = batch.run_batch(cases, out, settings_from_args(args), no_refine=args.no_refine,
-                              workers=args.workers, address=args.address)
+    try:
+        summary = batch.run_batch(cases, out, settings_from_args(args), no_refine=args.no_refine,
+                                  workers=args.workers, address=args.address)
+    except KeyboardInterrupt:
+        raise NoduleSAMError(f"interrupted; the cases finished so far are kept in {out / 'cases'}: "
+                             "rerun the same command to resume") from None
     print(f"{summary['n_ok']} ok, {summary['n_error']} error(s), {summary['n_resumed']} done "
           f"before, of {summary['n_cases']} case(s) in {summary['seconds']:.0f} s -> "
           f"{out / 'cases.csv'}, {out / 'nodules.csv'}")
