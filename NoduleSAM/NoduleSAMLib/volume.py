@@ -289,8 +289,8 @@ def _numbers(header, keyword: str, count: int, file: Path) -> np.ndarray:
     except (TypeError, ValueError):
         numbers = np.array([])
     if len(numbers) != count or not np.all(np.isfinite(numbers)):
-        raise NoduleSAMError(f"{file}: {keyword} is {str(value)!r}, not {count} number(s): the file "
-                             "is damaged or was edited. Export the series again")
+        raise NoduleSAMError(f"{file}: {keyword} is {str(value)!r}, not {count} number(s): the "
+                             "file is damaged or was edited. Export the series again")
     return numbers
 
 
