@@ -187,7 +187,7 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
                          "fpr_threshold": pipeline.fpr_threshold if pipeline.fpr is not None else None,
                          "blob_candidates": pipeline.settings.blobs and pipeline.fpr is not None,
                          "encoder": pipeline.refiner.encoder_name if pipeline.refiner else None}}
-    report = report_dict(result, extra)
+    report = report_dict(result, extra, getattr(args, "risk", None))
     if report_path is not None:
         write_report(report, report_path)
     if overview_path is not None:
@@ -376,6 +376,9 @@ def parser() -> argparse.ArgumentParser:
                          'detecting: {"points": [{"name": "Nodule 1", "ijk": [z, y, x]}]} or '
                          '"lps_mm": [x, y, z]; combines with --boxes')
     segment.add_argument("--series", help="SeriesInstanceUID when the folder holds several")
+    segment.add_argument("--risk", choices=["low", "high"],
+                         help="the patient's lung-cancer risk, for the Fleischner 2017 advice "
+                              "(default: the advice for both)")
     add_model_options(segment)
     segment.set_defaults(func=cmd_segment)
 

@@ -100,12 +100,14 @@ def write_seg_nrrd(result: Result, path: str | Path) -> Path:
     return path
 
 
-def report_dict(result: Result, extra: dict | None = None) -> dict:
+def report_dict(result: Result, extra: dict | None = None, risk: str | None = None) -> dict:
     """The JSON report: ``disclaimer`` (decision support, not a diagnosis), the input, ``exam``
-    (the exam's Lung-RADS category and Fleischner recommendation) and one record per nodule."""
+    (the exam's Lung-RADS category and Fleischner recommendation) and one record per nodule.
+
+    risk: the patient's lung-cancer risk for Fleischner (``low``/``high``; None: both given)."""
     volume = result.volume
     multiple = len(result.nodules) > 1
-    nodules = [nodule_record(volume, nodule, multiple) for nodule in result.nodules]
+    nodules = [nodule_record(volume, nodule, multiple, risk) for nodule in result.nodules]
     return {
         "disclaimer": DISCLAIMER,
         "input": {"source": volume.source, "shape_zyx": list(volume.hu.shape),
@@ -114,7 +116,7 @@ def report_dict(result: Result, extra: dict | None = None) -> dict:
         **(extra or {}),
         "messages": result.messages,
         "timings_s": result.timings_s,
-        "exam": exam_readout(nodules),
+        "exam": exam_readout(nodules, risk=risk),
         "nodules": nodules,
     }
 

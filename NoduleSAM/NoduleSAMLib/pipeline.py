@@ -216,7 +216,8 @@ def score_candidates(fpr, volume: CTVolume, candidates: list[Candidate]) -> list
     return boxes_mod.number_candidates([replace(c, score=float(p)) for c, p in zip(candidates, scores)])
 
 
-def nodule_record(volume: CTVolume, nodule: Nodule, multiple: bool = False) -> dict:
+def nodule_record(volume: CTVolume, nodule: Nodule, multiple: bool = False,
+                  risk: str | None = None) -> dict:
     """A nodule as the report lists it; its ``ijk`` box can be fed back as ``--boxes``.
 
     Its type, solid component, baseline Lung-RADS v2022 category and Fleischner 2017 text
@@ -237,4 +238,4 @@ def nodule_record(volume: CTVolume, nodule: Nodule, multiple: bool = False) -> d
         **nodule.measurements,
         **classify_in_box(volume, candidate.box_ijk, nodule.mask),
     }
-    return record | readout(record, multiple=multiple)
+    return record | readout(record, multiple=multiple, risk=risk)

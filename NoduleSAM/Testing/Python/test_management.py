@@ -280,3 +280,24 @@ def test_report_readout_fields():
     assert exam["fleischner"].startswith("Fleischner 2017, multiple")
     assert exam_readout([empty]) == {"lung_rads": "1",
                                      "fleischner": "Fleischner 2017: no nodule found; no nodule follow-up"}
+
+
+def test_the_report_takes_the_patients_risk_for_fleischner():
+    """``nodulesam segment --risk``: a 7 mm solid nodule's Fleischner advice depends on it."""
+    import numpy as np
+
+    from NoduleSAMLib.boxes import Candidate
+    from NoduleSAMLib.measure import measure_nodule
+    from NoduleSAMLib.outputs import report_dict
+    from NoduleSAMLib.pipeline import Nodule, Result
+    from NoduleSAMLib.volume import CTVolume
+
+    zz, yy, xx = np.mgrid[:20, :40, :40]
+    ball = (zz - 10) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 3.5 ** 2  # 7 mm at 1 mm voxels
+    volume = CTVolume.from_lps(np.where(ball, 40.0, -850.0).astype(np.float32), (1, 1, 1), (0, 0, 0))
+    nodule = Nodule(Candidate("Nodule 1", (0, 20, 0, 40, 0, 40)), ball, measure_nodule(volume, ball))
+    texts = {risk: report_dict(Result(volume, [nodule]), risk=risk)["nodules"][0]["fleischner"]
+             for risk in (None, "low", "high")}
+    assert len(set(texts.values())) == 3, texts
+    exam = report_dict(Result(volume, [nodule]), risk="high")["exam"]["fleischner"]
+    assert exam != report_dict(Result(volume, [nodule]), risk="low")["exam"]["fleischner"]
