@@ -163,7 +163,8 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
                              "as input (they reference its images); this is a file")
     check_output_paths({"segmentation": output, "report": report_path, "overview": overview_path,
                         "html": html_path, "DICOM SEG": dicom_seg, "DICOM SR": dicom_sr},
-                       (Path(input_path),))
+                       tuple(Path(p) for p in (input_path, getattr(args, "boxes", None),
+                                               getattr(args, "points", None)) if p))
     boxes = read_boxes_json(args.boxes) if getattr(args, "boxes", None) else None
     points = read_points_json(args.points) if getattr(args, "points", None) else None
     timings = {}

@@ -105,6 +105,11 @@ def test_user_errors_exit_non_zero_with_one_line(crop_nrrd, tmp_path, capsys):
     assert main(["segment", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "a.seg.nrrd"),
                  "--report", str(tmp_path / "a.seg.nrrd")]) == 2
     assert "must end in .json" in capsys.readouterr().err
+    before = (tmp_path / "bad.json").read_bytes()  # a report must not overwrite the boxes file
+    assert main(["segment", str(ct_path), "-o", str(tmp_path / "a.seg.nrrd"), "--boxes",
+                 str(tmp_path / "bad.json"), "--report", str(tmp_path / "bad.json")]) == 2
+    assert "is also an input or another output" in capsys.readouterr().err
+    assert (tmp_path / "bad.json").read_bytes() == before
     assert main(["segment", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "a.seg.nrrd"),
                  "--overview", str(tmp_path / "o.jpg")]) == 2
     assert "must end in .png" in capsys.readouterr().err
