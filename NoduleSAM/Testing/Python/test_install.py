@@ -3,6 +3,8 @@ metadata: which Pythons are refused, which packages pip may touch, and that the 
 constraints pin exactly the tested versions of what an install into Slicer would add."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from NoduleSAMLib import install
@@ -91,3 +93,16 @@ def test_install_module_loads_before_anything_is_installed():
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             top.add(node.module.split(".")[0])
     assert top - {"__future__"} <= set(sys.stdlib_module_names), top
+
+
+def test_engine_list_is_the_packages_dependencies():
+    """ENGINE follows pyproject.toml's dependencies (less what Slicer or PyTorchUtils provide)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from NoduleSAMLib.install import ENGINE, NOT_FROM_PIP, canonical
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
+    declared = {canonical(Requirement(r).name) for r in pyproject["project"]["dependencies"]}
+    assert {canonical(n) for n in ENGINE} == declared - {canonical(n) for n in NOT_FROM_PIP}
