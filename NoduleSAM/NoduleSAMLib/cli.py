@@ -171,6 +171,10 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
     with timed_stage(timings, "read_s"):
         volume = read_ct(input_path, getattr(args, "series", None))
     given = boxes is not None or points is not None
+    if given:  # every box and click checked against the CT before the models load
+        from .pipeline import given_candidates
+
+        given_candidates(volume, boxes, points)
     settings = settings_from_args(args)
     with timed_stage(timings, "load_models_s"):
         pipeline = build_pipeline(settings, need_detector=not given, refine=not args.no_refine)

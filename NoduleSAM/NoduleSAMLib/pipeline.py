@@ -199,15 +199,23 @@ class Pipeline:
         if boxes is None and points is None:
             candidates = self.detect(volume, timings)
         else:
-            candidates, messages = candidates_from_boxes(boxes or [], volume.hu.shape)
-            clicked, more = candidates_from_points(points or [], volume.ijk_to_lps, volume.hu.shape)
-            candidates, messages = candidates + clicked, messages + more
-            if not candidates:  # nothing the user asked for can be done: an error, not "0 nodules"
-                raise NoduleSAMError("nothing to refine: " + ("; ".join(messages) if messages
-                                                              else "the boxes and points lists are empty"))
+            candidates, messages = given_candidates(volume, boxes, points)
         nodules = self.segment(volume, candidates, timings)
         timings["total_s"] = time.perf_counter() - start
         return Result(volume, nodules, timings, messages)
+
+
+def given_candidates(volume: CTVolume, boxes: list | None, points: list | None
+                     ) -> tuple[list[Candidate], list[str]]:
+    """The candidates of a user's boxes and clicks on ``volume`` (boxes first) and the messages
+    about those skipped; refuses when none is left (an error, not "0 nodules")."""
+    candidates, messages = candidates_from_boxes(boxes or [], volume.hu.shape)
+    clicked, more = candidates_from_points(points or [], volume.ijk_to_lps, volume.hu.shape)
+    candidates, messages = candidates + clicked, messages + more
+    if not candidates:
+        raise NoduleSAMError("nothing to refine: " + ("; ".join(messages) if messages
+                                                      else "the boxes and points lists are empty"))
+    return candidates, messages
 
 
 def score_candidates(fpr, volume: CTVolume, candidates: list[Candidate]) -> list[Candidate]:
