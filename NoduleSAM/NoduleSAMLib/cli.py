@@ -143,7 +143,8 @@ def build_pipeline(settings, need_detector: bool, refine: bool = True):
 
 def run_segment(args, input_path, output: Path, report_path: Path | None,
                 overview_path: Path | None = None, html_path: Path | None = None,
-                dicom_seg: Path | None = None, dicom_sr: Path | None = None) -> dict:
+                dicom_seg: Path | None = None, dicom_sr: Path | None = None,
+                pdf_path: Path | None = None) -> dict:
     """Segment one CT and write what was asked for. The HTML report goes beside the JSON report
     (same name, ``.html``) unless ``html_path`` names another place."""
     from .outputs import (check_output_paths, report_dict, write_overview_png, write_report,
@@ -162,7 +163,8 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
         raise NoduleSAMError(f"{input_path}: --dicom-seg and --dicom-sr need a DICOM series folder "
                              "as input (they reference its images); this is a file")
     check_output_paths({"segmentation": output, "report": report_path, "overview": overview_path,
-                        "html": html_path, "DICOM SEG": dicom_seg, "DICOM SR": dicom_sr},
+                        "html": html_path, "pdf": pdf_path, "DICOM SEG": dicom_seg,
+                        "DICOM SR": dicom_sr},
                        tuple(Path(p) for p in (input_path, getattr(args, "boxes", None),
                                                getattr(args, "points", None)) if p))
     boxes = read_boxes_json(args.boxes) if getattr(args, "boxes", None) else None
@@ -201,6 +203,10 @@ def run_segment(args, input_path, output: Path, report_path: Path | None,
         from .html_report import write_html_report
 
         write_html_report(result, report, html_path)
+    if pdf_path is not None:
+        from .html_report import write_pdf_report
+
+        write_pdf_report(result, report, pdf_path)
     if dicom_seg is not None:
         from .dicom_export import source_slices, write_dicom_seg, write_dicom_sr
 
@@ -235,7 +241,7 @@ def cmd_segment(args) -> None:
 
     run_segment(args, args.input, Path(args.output), optional(args.report),
                 optional(args.overview), optional(args.html), optional(args.dicom_seg),
-                optional(args.dicom_sr))
+                optional(args.dicom_sr), optional(args.pdf))
 
 
 def cmd_demo(args) -> None:
@@ -371,6 +377,7 @@ def parser() -> argparse.ArgumentParser:
                          "and zoomed")
     segment.add_argument("--html", help="output HTML report for people (default: beside --report, "
                          "same name with .html)")
+    segment.add_argument("--pdf", help="output PDF of the same report")
     segment.add_argument("--dicom-seg", help="output DICOM SEG of the nodules (.dcm; DICOM input only)")
     segment.add_argument("--dicom-sr", help="output DICOM SR measurement report, TID 1500 (.dcm; "
                          "needs --dicom-seg)")

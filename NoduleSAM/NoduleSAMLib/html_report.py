@@ -1,6 +1,6 @@
 """The report for people: one self-contained HTML page (images inline) with the exam summary on
 top and a row per nodule: its measurements, type and category, and its key axial image twice
-(the whole slice with the nodule marked, and a zoom with its contour)."""
+(the whole slice with the nodule marked, and a zoom with its contour); the same as a PDF."""
 from __future__ import annotations
 
 import base64
@@ -86,5 +86,76 @@ def write_html_report(result: Result, report: dict, path: str | Path) -> Path:
     path = Path(path)
     partial = _atomic_target(path)
     partial.write_text(page, encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def write_pdf_report(result: Result, report: dict, path: str | Path) -> Path:
+    """The same report as a PDF (matplotlib, offline): a first page with the disclaimer, the exam
+    and a table of the nodules, then a page per nodule with its key axial slice whole and zoomed
+    and its read-out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from .outputs import _draw_key_images
+
+    def cell(value, digits=1):
+        if value is None:
+            return ""
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    exam = report.get("exam") or {}
+    records = report["nodules"]
+    path = Path(path)
+    partial = _atomic_target(path)
+    labelmap = result.labelmap()
+    with PdfPages(partial) as pdf:
+        page = plt.figure(figsize=(8.27, 11.69))  # A4 portrait
+        page.text(0.06, 0.95, "NoduleSAM report", fontsize=18, weight="bold")
+        page.text(0.06, 0.91, report.get("disclaimer", DISCLAIMER), fontsize=9, color="#a04000",
+                  wrap=True)
+        lines = [f"CT: {report['input']['source']}",
+                 f"Nodules: {len(records)}",
+                 f"Lung-RADS v2022 (exam): {exam.get('lung_rads') or 'n/a'}",
+                 f"Fleischner 2017: {exam.get('fleischner') or 'n/a'}"]
+        for row, line in enumerate(lines):
+            page.text(0.06, 0.85 - 0.025 * row, line, fontsize=9, wrap=True)
+        if records:
+            axis = page.add_axes([0.06, 0.1, 0.88, 0.6])
+            axis.axis("off")
+            rows = [[r["name"], cell(r["volume_mm3"], 0),
+                     f"{cell(r['long_axis_mm'])} x {cell(r['short_axis_mm'])}",
+                     cell(r["mean_diameter_mm"]), cell(r.get("mean_hu"), 0), cell(r.get("type")),
+                     cell(r.get("lung_rads"))] for r in records]
+            table = axis.table(cellText=rows, loc="upper center",
+                               colLabels=["Nodule", "Volume mm³", "Axes mm", "Mean diam. mm",
+                                          "Mean HU", "Type", "Lung-RADS"])
+            table.auto_set_font_size(False)
+            table.set_fontsize(8)
+        pdf.savefig(page)
+        plt.close(page)
+        for nodule, record in zip(result.nodules, records):
+            page = plt.figure(figsize=(8.27, 11.69))
+            full_axis = page.add_axes([0.05, 0.45, 0.44, 0.44])
+            zoom_axis = page.add_axes([0.51, 0.45, 0.44, 0.44])
+            _draw_key_images(full_axis, zoom_axis, result, nodule, labelmap)
+            text = [record["name"],
+                    f"Volume {cell(record['volume_mm3'], 0)} mm³; long x short axis "
+                    f"{cell(record['long_axis_mm'])} x {cell(record['short_axis_mm'])} mm; mean "
+                    f"diameter {cell(record['mean_diameter_mm'])} mm; mean "
+                    f"{cell(record.get('mean_hu'), 0)} HU",
+                    f"Type: {cell(record.get('type')) or 'n/a'}",
+                    f"Lung-RADS v2022: {cell(record.get('lung_rads')) or 'n/a'}"
+                    + (f" ({record['lung_rads_reason']})" if record.get("lung_rads_reason") else ""),
+                    f"Fleischner 2017: {cell(record.get('fleischner')) or 'n/a'}"]
+            for row, line in enumerate(text):
+                page.text(0.05, 0.38 - 0.03 * row, line, fontsize=10 if row else 13, wrap=True)
+            page.text(0.05, 0.04, report.get("disclaimer", DISCLAIMER), fontsize=7,
+                      color="#a04000", wrap=True)
+            pdf.savefig(page)
+            plt.close(page)
     os.replace(partial, path)
     return path

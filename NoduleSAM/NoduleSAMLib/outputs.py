@@ -22,6 +22,7 @@ def segment_color(label: int) -> tuple[float, float, float]:
 
 
 SUFFIXES = {"segmentation": ".seg.nrrd", "report": ".json", "overview": ".png", "html": ".html",
+            "pdf": ".pdf",
             "DICOM SEG": ".dcm", "DICOM SR": ".dcm"}
 
 

@@ -1,4 +1,5 @@
 """DICOM SEG and SR of real nodules on a real DICOM series, read back with highdicom and pydicom."""
+import re
 import shutil
 
 import numpy as np
@@ -126,7 +127,8 @@ def test_segment_command_writes_dicom_seg_sr_and_an_html_row_per_nodule(dicom_cr
     code = main(["segment", str(folder), "-o", str(tmp_path / "out" / "n.seg.nrrd"),
                  "--boxes", str(tmp_path / "boxes.json"), "--report", str(report),
                  "--dicom-seg", str(tmp_path / "out" / "seg.dcm"),
-                 "--dicom-sr", str(tmp_path / "out" / "sr.dcm")])
+                 "--dicom-sr", str(tmp_path / "out" / "sr.dcm"),
+                 "--pdf", str(tmp_path / "out" / "report.pdf")])
     assert code == 0, capsys.readouterr().err
     data = json.loads(report.read_text())
     seg = hd.seg.segread(tmp_path / "out" / "seg.dcm")
@@ -156,6 +158,10 @@ def test_segment_command_writes_dicom_seg_sr_and_an_html_row_per_nodule(dicom_cr
         assert nodule["name"] in page.text
     assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in page.images)
     assert "not a diagnosis" in page.text
+    # the PDF: a summary page, then a page per nodule
+    pdf = (tmp_path / "out" / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF")
+    assert len(re.findall(rb"/Type\s*/Page[^s]", pdf)) == 1 + len(data["nodules"])
 
     # DICOM outputs need DICOM input, refused before any work
     nrrd = tmp_path / "ct.nrrd"
