@@ -8,7 +8,6 @@ CT image it was segmented on.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy as np
 from . import __version__
 from .errors import NoduleSAMError
 from .pipeline import Result, nodule_record
+from .volume import dicom_series_headers
 
 MANUFACTURER = "NoduleSAM"
 PRIVATE_SCHEME = "99NODULESAM"  # a private coding scheme for what SNOMED CT has no code for
@@ -26,8 +26,6 @@ POSITION_TOLERANCE_MM = 0.05
 def source_slices(result: Result) -> list:
     """The headers of the CT's DICOM slices (pydicom datasets, no pixel data), in the volume's
     slice order. Refuses a volume that was not read from a DICOM series folder."""
-    import pydicom
-
     volume = result.volume
     folder = Path(volume.source)
     if not folder.is_dir():
@@ -36,15 +34,8 @@ def source_slices(result: Result) -> list:
     n_slices = volume.hu.shape[0]
     expected = volume.zyx_to_lps(np.column_stack([np.arange(n_slices), np.zeros(n_slices),
                                                   np.zeros(n_slices)]))
-    series = defaultdict(list)
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            header = pydicom.dcmread(file, stop_before_pixels=True)
-        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
-            continue
-        if "ImagePositionPatient" in header:
-            series[str(header.get("SeriesInstanceUID", ""))].append(header)
-    for headers in series.values():
+    for slices in dicom_series_headers(folder).values():
+        headers = [header for _, header in slices if "ImagePositionPatient" in header]
         if len(headers) != n_slices:
             continue
         positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])

@@ -214,8 +214,9 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> CTVolume:
     return CTVolume.from_lps(hu, spacing, positions[0], direction, str(folder))
 
 
-def _series_slices(folder: Path, series_uid: str | None) -> list:
-    """The ``(file, header)`` of each image slice of the one series to read in ``folder``."""
+def dicom_series_headers(folder: Path) -> dict[str, list]:
+    """SeriesInstanceUID -> the ``(file, header)`` of each single-frame image slice under
+    ``folder`` (headers without pixel data; files that are not DICOM are skipped)."""
     import pydicom
 
     series = defaultdict(list)
@@ -229,6 +230,12 @@ def _series_slices(folder: Path, series_uid: str | None) -> list:
         if "ImagePositionPatient" in header or ("Rows" in header and
                                                 "PerFrameFunctionalGroupsSequence" not in header):
             series[str(header.get("SeriesInstanceUID", "?"))].append((file, header))
+    return series
+
+
+def _series_slices(folder: Path, series_uid: str | None) -> list:
+    """The ``(file, header)`` of each image slice of the one series to read in ``folder``."""
+    series = dicom_series_headers(folder)
     if not series:
         raise NoduleSAMError(f"{folder}: holds no DICOM image slices")
     if series_uid is None and len(series) > 1:
