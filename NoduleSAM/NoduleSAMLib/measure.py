@@ -25,8 +25,9 @@ FULL_3D = np.ones((3, 3, 3), bool)  # 26-connected components in 3D
 FULL_2D = np.ones((3, 3), bool)     # 8-connected in a slice
 
 
-def largest_component(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    """The largest connected component of a bool mask (all False when it is empty)."""
+def largest_component(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
+    """The largest connected component of a bool mask (all False when it is empty); connected
+    as ``structure`` says (default: faces only, as ``scipy.ndimage.label``)."""
     labels, count = ndimage.label(mask, structure=structure)
     if count <= 1:
         return labels > 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from NoduleSAMLib.measure import largest_component
+
 
 def overlap(pred: np.ndarray, ref: np.ndarray) -> dict:
     """DSC, IoU, precision, recall and ``detected`` (any overlap with the reference)."""
@@ -27,14 +29,6 @@ def overlap(pred: np.ndarray, ref: np.ndarray) -> dict:
         "pred_px": int(n_pred),
         "ref_px": int(n_ref),
     }
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask)
-    if n <= 1:
-        return np.asarray(mask, bool)
-    sizes = ndimage.sum(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    return labels == (int(np.argmax(sizes)) + 1)
 
 
 def threshold_in_box(hu2d: np.ndarray, box_xyxy, threshold_hu: float = -600.0) -> np.ndarray:
