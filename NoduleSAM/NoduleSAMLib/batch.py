@@ -11,6 +11,10 @@ Layout of ``--out DIR``::
 
     DIR/cases/<case_id>.seg.nrrd   the segmentation, as ``segment -o`` writes it
     DIR/cases/<case_id>.json       the JSON report, as ``segment --report`` writes it
+    DIR/cases/<case_id>.html       the HTML report beside it, as ``segment`` writes it (unless
+                                   ``--no-html``); ``<case_id>.pdf`` with ``--pdf``
+    DIR/cases/<case_id>.seg.dcm    with ``--dicom``, for a case read from a DICOM series: the
+    DIR/cases/<case_id>.sr.dcm     DICOM SEG and the TID 1500 SR (``segment --dicom-seg/-sr``)
     DIR/cases/<case_id>.done.json  written last: input hash, settings, resume key, timings
     DIR/cases.csv, DIR/nodules.csv (and .parquet where pyarrow is installed)
     DIR/batch.json, DIR/batch.log
@@ -40,9 +44,13 @@ log = logging.getLogger(__name__)
 
 CRASH_HOOK = "NODULESAM_BATCH_CRASH_ONCE"
 CASE_COLUMNS = ["case_id", "path", "series_uid", "date", "status", "error", "n_nodules", "seconds",
-                "attempts", "resumed", "lung_rads", "segmentation", "report", "input_sha256"]
+                "attempts", "resumed", "lung_rads", "segmentation", "report", "html", "pdf",
+                "dicom_seg", "dicom_sr", "input_sha256"]
+# The per-case outputs beyond the segmentation and the JSON report (``segment_case``'s ``extras``).
+EXTRA_OUTPUTS = ("html", "pdf", "dicom")
+DEFAULT_EXTRAS = ("html",)
 MANIFEST_COLUMNS = ("case_id", "path", "series_uid", "date")
-WORKER_MEMORY_BYTES = 4 * 1024 ** 3  # what one worker may need on a whole CT (BENCHMARKS.md)
+WORKER_MEMORY_BYTES = 6 * 1024 ** 3  # one worker peaked at 5.2 GB on a 1 mm whole CT (BENCHMARKS.md)
 
 
 @dataclass
@@ -207,14 +215,26 @@ def done_key(content_sha256: str, settings, no_refine: bool) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_extras(extras) -> tuple[str, ...]:
+    unknown = sorted(set(extras) - set(EXTRA_OUTPUTS))
+    if unknown:
+        raise NoduleSAMError(f"unknown batch output(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(EXTRA_OUTPUTS)}")
+    return tuple(e for e in EXTRA_OUTPUTS if e in extras)
+
+
 def case_paths(out_dir: Path, case_id: str) -> dict[str, Path]:
     folder = Path(out_dir) / "cases"
     return {"segmentation": folder / f"{case_id}.seg.nrrd", "report": folder / f"{case_id}.json",
+            "html": folder / f"{case_id}.html", "pdf": folder / f"{case_id}.pdf",
+            "dicom_seg": folder / f"{case_id}.seg.dcm", "dicom_sr": folder / f"{case_id}.sr.dcm",
             "done": folder / f"{case_id}.done.json"}
 
 
-def finished_row(out_dir: Path, case: Case, key: str) -> dict | None:
-    """The row of a case finished before with this key and whose outputs are all there, else None."""
+def finished_row(out_dir: Path, case: Case, key: str,
+                 extras: tuple[str, ...] = DEFAULT_EXTRAS) -> dict | None:
+    """The row of a case finished before with this key and whose outputs are all there (the
+    ones ``extras`` asks for included, so that a rerun with ``--pdf`` adds the PDFs), else None."""
     paths = case_paths(out_dir, case.case_id)
     try:
         done = json.loads(paths["done"].read_text())
@@ -222,7 +242,17 @@ def finished_row(out_dir: Path, case: Case, key: str) -> dict | None:
         return None
     if done.get("key") != key or not (paths["segmentation"].is_file() and paths["report"].is_file()):
         return None
-    return done["row"] | {"resumed": True, "attempts": 0}
+    row = done["row"]
+    # A DICOM output is "there" when it was written, or when the case is not a DICOM series
+    # (the row says so in its messages and leaves the column empty).
+    wanted = [name for name in ("html", "pdf") if name in extras]
+    if "dicom" in extras:
+        if "dicom_possible" not in done:  # a marker from before batch wrote DICOM
+            return None
+        wanted += ["dicom_seg", "dicom_sr"] if done["dicom_possible"] else []
+    if not all(row.get(name) and Path(row[name]).is_file() for name in wanted):
+        return None
+    return row | {"resumed": True, "attempts": 0}
 
 
 def _write_json_atomic(data, path: Path) -> None:
@@ -256,8 +286,35 @@ def one_line(err: BaseException) -> str:
     return text if isinstance(err, NoduleSAMError) else f"{type(err).__name__}: {text}"
 
 
+def write_extras(result, report: dict, paths: dict[str, Path], extras: tuple[str, ...],
+                 messages: list[str]) -> dict[str, str]:
+    """The HTML, PDF and DICOM outputs ``extras`` asks for, each written atomically by the same
+    functions as ``segment``'s; returns the columns of those written. A case not read from a
+    DICOM series gets no DICOM output, and a line in ``messages`` says so."""
+    written = {}
+    if "html" in extras:
+        from .html_report import write_html_report
+
+        written["html"] = str(write_html_report(result, report, paths["html"]))
+    if "pdf" in extras:
+        from .html_report import write_pdf_report
+
+        written["pdf"] = str(write_pdf_report(result, report, paths["pdf"]))
+    if "dicom" in extras:
+        if not Path(result.volume.source).is_dir():
+            messages.append("no DICOM SEG/SR: the CT was not read from a DICOM series")
+        else:
+            from .dicom_export import source_slices, write_dicom_seg, write_dicom_sr
+
+            slices = source_slices(result)
+            written["dicom_seg"] = str(write_dicom_seg(result, paths["dicom_seg"], slices))
+            written["dicom_sr"] = str(write_dicom_sr(result, paths["dicom_sr"], paths["dicom_seg"],
+                                                     slices))
+    return written
+
+
 def segment_case(pipeline, settings, no_refine: bool, case: Case, out_dir: Path,
-                 key: str, content_sha256: str) -> dict:
+                 key: str, content_sha256: str, extras: tuple[str, ...] = DEFAULT_EXTRAS) -> dict:
     """Segment one case with a loaded pipeline, write its outputs (each atomically, the done
     marker last) and return its row; a failure becomes an error row with its one-line message."""
     from .outputs import report_dict, write_report, write_seg_nrrd
@@ -273,19 +330,23 @@ def segment_case(pipeline, settings, no_refine: bool, case: Case, out_dir: Path,
         with timed_stage(timings, "read_s"):
             volume = read_ct(case.path, case.series_uid)
         result = pipeline.run(volume)
-        result.timings_s = timings | result.timings_s
+        messages = result.messages + volume.warnings
         write_seg_nrrd(result, paths["segmentation"])
         report = report_dict(result, report_extra(settings, pipeline, no_refine))
         write_report(report, paths["report"])
+        with timed_stage(timings, "outputs_s"):
+            written = write_extras(result, report, paths, extras, messages)
+        result.timings_s = timings | result.timings_s
     except Exception as err:  # per-case isolation: any failure is this case's error row
         return row | {"status": "error", "error": one_line(err),
                       "seconds": round(time.perf_counter() - start, 3)}
     row |= {"n_nodules": len(report["nodules"]), "lung_rads": report["exam"]["lung_rads"],
             "segmentation": str(paths["segmentation"]), "report": str(paths["report"]),
-            "seconds": round(time.perf_counter() - start, 3), "timings_s": result.timings_s,
-            "messages": result.messages + volume.warnings}
+            **written, "seconds": round(time.perf_counter() - start, 3),
+            "timings_s": result.timings_s, "messages": messages}
     _write_json_atomic({"key": key, "settings": settings.to_dict(), "no_refine": no_refine,
-                        "row": row}, paths["done"])
+                        "dicom_possible": Path(volume.source).is_dir(), "row": row},
+                       paths["done"])
     return row
 
 
@@ -387,7 +448,8 @@ class CaseWorker:
     """One worker: loads the models once (``cli.build_pipeline``), then segments case after case.
     Ray makes it an actor (``ray.remote(CaseWorker)``); it also runs without Ray."""
 
-    def __init__(self, settings_dict: dict, no_refine: bool, threads: int | None = None):
+    def __init__(self, settings_dict: dict, no_refine: bool, threads: int | None = None,
+                 extras: tuple[str, ...] = DEFAULT_EXTRAS):
         import torch
 
         from .cli import build_pipeline
@@ -397,6 +459,7 @@ class CaseWorker:
             torch.set_num_threads(threads)
         self.settings = Settings.from_dict(settings_dict)
         self.no_refine = no_refine
+        self.extras = tuple(extras)
         start = time.perf_counter()
         self.pipeline = build_pipeline(self.settings, need_detector=True, refine=not no_refine)
         if self.pipeline.detector is not None:
@@ -426,7 +489,7 @@ class CaseWorker:
             f.write(run_id + "\n")
         _crash_once_hook()
         row = segment_case(self.pipeline, self.settings, self.no_refine, case, Path(out_dir), key,
-                           content_sha256)
+                           content_sha256, self.extras)
         marker.unlink(missing_ok=True)
         return row | {"worker_pid": os.getpid(), "attempts": attempts}
 
@@ -466,13 +529,15 @@ def start_ray(address: str | None, num_cpus: int | None = None,
 
 def run_batch(cases: list[Case], out_dir: str | Path, settings, no_refine: bool = False,
               workers: int | None = None, address: str | None = None, num_cpus: int | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, extras=DEFAULT_EXTRAS) -> dict:
     """Segment every case not done before on Ray actors; write the cohort tables, batch.json
-    and batch.log; return batch.json's content. ``num_cpus``: the local Ray's CPUs (default all)."""
+    and batch.log; return batch.json's content. ``num_cpus``: the local Ray's CPUs (default all);
+    ``extras``: the per-case outputs beyond segmentation and JSON (``EXTRA_OUTPUTS``)."""
     import ray
     from tqdm import tqdm
 
     _check_models(settings)
+    extras = check_extras(extras)
     out_dir = Path(out_dir)
     (out_dir / "cases").mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("nodulesam.batch")
@@ -496,7 +561,7 @@ def run_batch(cases: list[Case], out_dir: str | Path, settings, no_refine: bool 
                 logger.info(f"{case.case_id}: error: {rows[case.case_id]['error']}")
                 continue
             key = done_key(content, settings, no_refine)
-            row = finished_row(out_dir, case, key)
+            row = finished_row(out_dir, case, key, extras)
             if row is not None:
                 rows[case.case_id] = row
                 logger.info(f"{case.case_id}: done before, skipped")
@@ -518,7 +583,8 @@ def run_batch(cases: list[Case], out_dir: str | Path, settings, no_refine: bool 
             if gpus and settings.device != "cpu":
                 options["num_gpus"] = min(1.0, gpus / count)  # workers share a GPU by fractions
             actor = ray.remote(CaseWorker).options(**options)
-            pool = [actor.remote(settings.to_dict(), no_refine, threads) for _ in range(count)]
+            pool = [actor.remote(settings.to_dict(), no_refine, threads, extras)
+                    for _ in range(count)]
             logger.info(f"{count} worker(s), {threads} CPU thread(s) each"
                         + (f", {options['num_gpus']:.2f} GPU each" if "num_gpus" in options else ""))
             rows |= _dispatch(pool, todo, out_dir, logger,
@@ -539,7 +605,7 @@ def run_batch(cases: list[Case], out_dir: str | Path, settings, no_refine: bool 
                    "n_ok": sum(r["status"] == "ok" for r in ordered),
                    "n_error": sum(r["status"] == "error" for r in ordered),
                    "n_resumed": sum(bool(r.get("resumed")) for r in ordered),
-                   "settings": settings.to_dict(), "no_refine": no_refine,
+                   "settings": settings.to_dict(), "no_refine": no_refine, "outputs": extras,
                    "workers": worker_info, "tables": {k: str(v) for k, v in tables.items()},
                    "cases": ordered}
         _write_json_atomic(summary, out_dir / "batch.json")

@@ -351,8 +351,10 @@ def cmd_batch(args) -> None:
         raise NoduleSAMError(f"{out}: is a file; --out takes a folder")
     cases = batch.cases_from_inputs(args.inputs, out)
     try:
+        extras = (("html",) if args.html else ()) + (("pdf",) if args.pdf else ()) \
+            + (("dicom",) if args.dicom else ())
         summary = batch.run_batch(cases, out, settings_from_args(args), no_refine=args.no_refine,
-                                  workers=args.workers, address=args.address)
+                                  workers=args.workers, address=args.address, extras=extras)
     except KeyboardInterrupt:
         raise NoduleSAMError(f"interrupted; the cases finished so far are kept in {out / 'cases'}: "
                              "rerun the same command to resume") from None
@@ -421,9 +423,14 @@ def parser() -> argparse.ArgumentParser:
     cohort.add_argument("--out", required=True, help="output folder: cases/<case_id>.seg.nrrd and "
                         ".json, cases.csv, nodules.csv, batch.json, batch.log")
     cohort.add_argument("--workers", type=int, help="workers, each with its own models (default: "
-                        "the CPUs, at most one per 4 GB of memory)")
+                        "the CPUs, at most one per 6 GB of memory)")
     cohort.add_argument("--address", help="a running Ray cluster to use (e.g. ray://head:10001 or "
                         "auto); default: a local Ray started for this run")
+    cohort.add_argument("--no-html", dest="html", action="store_false",
+                        help="no HTML report per case (default: cases/<case_id>.html)")
+    cohort.add_argument("--pdf", action="store_true", help="also a PDF report per case")
+    cohort.add_argument("--dicom", action="store_true", help="also a DICOM SEG and a TID 1500 SR "
+                        "per case read from a DICOM series (cases/<case_id>.seg.dcm, .sr.dcm)")
     add_model_options(cohort)
     cohort.set_defaults(func=cmd_batch)
 

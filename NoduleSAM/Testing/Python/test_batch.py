@@ -167,6 +167,52 @@ def test_worker_without_ray_writes_segment_outputs_and_tables(cohort, tmp_path):
     check_tables(out, rows)
 
 
+def test_worker_writes_html_pdf_and_dicom_per_case(cohort, series_0001, tmp_path):
+    """The per-case HTML, PDF, DICOM SEG and SR, from the same functions as ``segment``'s: a
+    DICOM series gets all four (the SEG references its CT slices), an NRRD case all but DICOM
+    with a message saying why; a rerun asking for an output a case lacks segments it again."""
+    import pydicom
+
+    series = tmp_path / "series"
+    series.mkdir()
+    files = sorted(series_0001.glob("*.dcm"),
+                   key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    for file in files[78:102]:
+        shutil.copy(file, series / file.name)
+    settings, out = DEFAULTS, tmp_path / "out"
+    worker = batch.CaseWorker(settings.to_dict(), no_refine=True, extras=("html", "pdf", "dicom"))
+    rows = {}
+    for case in (batch.Case("dicom", str(series)), batch.Case("nrrd", str(cohort / "crop_a.nrrd"))):
+        content = batch.input_sha256(case)
+        rows[case.case_id] = worker.run(batch.asdict(case), str(out),
+                                        batch.done_key(content, settings, True), content)
+    dicom, nrrd = rows["dicom"], rows["nrrd"]
+    assert dicom["status"] == nrrd["status"] == "ok" and dicom["n_nodules"] >= 1
+    seg = pydicom.dcmread(dicom["dicom_seg"])
+    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == dicom["n_nodules"]
+    referenced = {item.ReferencedSOPInstanceUID for item in
+                  seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced <= {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+                          for f in series.glob("*.dcm")}
+    assert pydicom.dcmread(dicom["dicom_sr"]).Modality == "SR"
+    report = json.loads(Path(dicom["report"]).read_text())
+    html = Path(dicom["html"]).read_text()
+    assert all(n["name"] in html for n in report["nodules"])
+    assert Path(dicom["pdf"]).read_bytes().startswith(b"%PDF")
+    assert "dicom_seg" not in nrrd and Path(nrrd["html"]).is_file()
+    assert any("not read from a DICOM series" in m for m in nrrd["messages"])
+    assert not list(out.glob("cases/.*partial*"))
+
+    key = json.loads(batch.case_paths(out, "nrrd")["done"].read_text())["key"]
+    case = batch.Case("nrrd", str(cohort / "crop_a.nrrd"))
+    assert batch.finished_row(out, case, key, ("html", "pdf", "dicom"))["resumed"] is True
+    Path(nrrd["pdf"]).unlink()
+    assert batch.finished_row(out, case, key, ("html", "pdf")) is None
+    assert batch.finished_row(out, case, key, ("html",))["resumed"] is True
+    with pytest.raises(NoduleSAMError, match="unknown batch output"):
+        batch.check_extras(("html", "png"))
+
+
 def check_tables(out, rows):
     """cases.csv and nodules.csv: documented columns, one row per case and per nodule."""
     import pandas as pd
@@ -200,6 +246,16 @@ def test_parquet_tables(tmp_path):
     rows = [{"case_id": "x", "path": "p", "status": "error", "error": "bad", "seconds": 0.1}]
     written = batch.write_tables(tmp_path, rows)
     assert "cases_parquet" in written
+
+
+def test_default_workers_leave_each_a_whole_ct_of_memory():
+    """One worker peaked at 5.2 GB on LIDC-IDRI-0314 (BENCHMARKS.md): the default gives each
+    worker 6 GB of Ray's memory, and never fewer than one worker or more than the CPUs."""
+    gb = 1024 ** 3
+    assert batch.WORKER_MEMORY_BYTES >= 5.2 * gb
+    assert batch.default_workers({"CPU": 16, "memory": 16.8 * gb}) == 2
+    assert batch.default_workers({"CPU": 2, "memory": 64 * gb}) == 2
+    assert batch.default_workers({"CPU": 8, "memory": 2 * gb}) == 1
 
 
 def test_user_errors_before_any_worker(cohort, tmp_path, capsys):
