@@ -19,6 +19,8 @@ SUBCOMMAND_MODULES: list[str] = [
     "nodulesam_train.evaluate",
     "nodulesam_train.detection_eval",  # evaluate-detection
     "nodulesam_train.train_fpr",  # train-fpr
+    "nodulesam_train.baseline_yolo",  # baseline-yolo
+    "nodulesam_train.report",  # report
 ]
 
 
