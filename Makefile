@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and pinned: other versions pull multi-GB downloads (see constraints.txt)
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	# the web app's layer library: its release pins an older slicer-core (docs/web.md)
+	$(PY) -m pip install -q --no-deps -c constraints.txt slicer-layer-dm
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -366,6 +366,15 @@ def cmd_batch(args) -> None:
             print(f"  {row['case_id']}: {row['error']}", file=sys.stderr)
 
 
+def cmd_serve(args) -> None:
+    """The browser front end (``web``); trame is imported only here."""
+    from . import web
+
+    settings = {"sensitivity": args.sensitivity, "device": args.device}
+    web.serve(args.ct, host=args.host, port=args.port, allow_remote=args.allow_remote,
+              out=args.out, series_uid=args.series, **settings)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="nodulesam", description=__doc__)
     top.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
@@ -433,6 +442,27 @@ def parser() -> argparse.ArgumentParser:
                         "per case read from a DICOM series (cases/<case_id>.seg.dcm, .sr.dcm)")
     add_model_options(cohort)
     cohort.set_defaults(func=cmd_batch)
+
+    from . import web
+    from .settings import DEFAULTS, DEVICES, SENSITIVITIES
+
+    browser = sub.add_parser("serve", help="the web app: open a CT, Auto-segment, edit boxes, "
+                             "export, in a browser (needs the web extra)")
+    browser.add_argument("ct", nargs="?", help="CT to open at start: DICOM series folder or image "
+                         "file (or open one in the page)")
+    browser.add_argument("--port", type=int, default=web.DEFAULT_PORT,
+                         help="(default: %(default)s)")
+    browser.add_argument("--host", default=web.DEFAULT_HOST, help="address to bind (default: "
+                         "%(default)s, this computer only; any other needs --allow-remote)")
+    browser.add_argument("--allow-remote", action="store_true", help="allow a --host other "
+                         "computers can reach: the app has NO authentication")
+    browser.add_argument("--out", default="nodulesam-web", help="folder Export writes into, one "
+                         "numbered sub-folder per export (default: %(default)s)")
+    browser.add_argument("--series", help="SeriesInstanceUID when the CT folder holds several")
+    browser.add_argument("--sensitivity", default=DEFAULTS.candidates.sensitivity,
+                         choices=SENSITIVITIES, help="(default: %(default)s)")
+    browser.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
+    browser.set_defaults(func=cmd_serve)
 
     manage = sub.add_parser("models", help="list, download or verify models")
     manage.add_argument("action", choices=["list", "download", "verify"])

@@ -11,6 +11,7 @@ Slicer module does to the scene is tested headless. Split as SlicerNNUnet splits
 - :mod:`.segments`: one segment per ROI, tagged so hand edits are kept;
 - :mod:`.tables`: the candidates and measurements tables;
 - :mod:`.jobs`: long work split between a worker thread and the main thread;
+- :mod:`.export`: the segments as the engine's ``Result``, for ``nodulesam segment``'s files;
 - :mod:`.logic`: :class:`Logic`, the buttons' actions, and :func:`auto_segment` for scripts.
 
 The install logic (``NoduleSAMLib/install.py``) is not here: it has to import before the
@@ -20,6 +21,7 @@ from .. import fpr as fpr_mod
 from .. import models
 from ..errors import NoduleSAMError
 from ..volume import CTVolume
+from .export import result_from_scene
 from .jobs import Cancelled, Job, check_same_ct
 from .logic import (ADD, CHANGED, EDITED, KEEP, NEW, REPLACE, UNCHANGED, Logic, RefinePlan,
                     RefineSummary, auto_segment, parameters_for)
@@ -51,7 +53,7 @@ __all__ = [
     "box_from_roi", "boxes_overlap", "candidate_from_roi", "check_same_ct",
     "check_segmentation_frame", "crop_volume", "ct_from_volume_node", "ensure_segmentation",
     "fpr_mod", "is_node", "matrix_to_array", "measure_segment", "models", "next_roi_name",
-    "parameters_for", "roi_corners_world", "roi_of_table_row", "roi_score", "segment_edited",
-    "segment_of_roi", "segment_tag", "segment_voxels", "set_roi_to_box", "update_candidate_table",
+    "parameters_for", "result_from_scene", "roi_corners_world", "roi_of_table_row", "roi_score",
+    "segment_edited", "segment_of_roi", "segment_tag", "segment_voxels", "set_roi_to_box", "update_candidate_table",
     "update_measurement_table", "voxel_from_world", "voxel_hash", "write_segment",
 ]
