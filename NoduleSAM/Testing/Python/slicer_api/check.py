@@ -64,7 +64,8 @@ RETURNS = {
     ("qt:QSortFilterProxyModel", "mapToSource"): "qt:QModelIndex",
     ("qt:QMessageBox", "addButton"): "qt:QPushButton",
 }
-MODULE_LOGICS = {"markups": "vtk:vtkSlicerMarkupsLogic"}   # slicer.modules.<name>.logic()
+MODULES = {"markups": "qt:qSlicerMarkupsModule"}           # slicer.modules.<name>
+MODULE_LOGICS = {"markups": "vtk:vtkSlicerMarkupsLogic"}   # its logic() (qSlicerMarkupsModule::createLogic)
 SLICER_ATTRIBUTES = {                                      # the slicer package in the application
     "mrmlScene": "vtk:vtkMRMLScene", "app": "qt:qSlicerApplication", "util": "py:slicer.util",
     "modules": "modules",
@@ -142,7 +143,7 @@ class Collector:
             if owner == "pymod:vtk":
                 return f"vtkclass:{name}"
             if owner == "modules":
-                return f"module:{name}"
+                return MODULES.get(name)
             if owner == "ui":
                 return f"qt:{self.ui_widgets[name]}" if name in self.ui_widgets else None
             if owner == "self":
@@ -182,8 +183,8 @@ class Collector:
                 if owner == "vtk:vtkMRMLScene" and func.attr in ("AddNewNodeByClass", "GetFirstNodeByClass") \
                         and node.args and isinstance(node.args[0], ast.Constant):
                     return f"vtk:{node.args[0].value}"
-                if owner and owner.startswith("module:") and func.attr == "logic":
-                    return MODULE_LOGICS.get(owner[7:])
+                if owner in MODULES.values() and func.attr == "logic":
+                    return MODULE_LOGICS[next(k for k, v in MODULES.items() if v == owner)]
                 if owner == "self" and func.attr == "ParameterPack":
                     return "pnw"
                 if owner == "project" or owner == "self":
@@ -267,8 +268,6 @@ class Collector:
         elif owner == "pnw":
             self.add(node, "python", f"slicer.parameterNodeWrapper.<wrapped>.{m}", nargs=nargs,
                      keywords=keywords, bound=True)
-        elif owner.startswith("module:"):
-            self.add(node, "qt", "qSlicerAbstractCoreModule", m, nargs=nargs, bound=True)
         elif owner == "self" and m == "ParameterPack":    # the @parameterNodeWrapper class
             self.add(node, "python", "slicer.parameterNodeWrapper.<wrapped>.__init__", nargs=nargs,
                      keywords=keywords, bound=True)
@@ -307,6 +306,13 @@ class Collector:
             self.add(node, "vtk", owner.split(":", 1)[1], m, store=store)
         elif owner.startswith("py:"):
             self.add(node, "python", f"{owner[3:]}.{m}", store=store)
+        elif owner == "pymod:slicer":
+            if m in ("app", "mrmlScene", "modules"):
+                self.add(node, "python", f"slicer.{m}", store=store)   # set by the application
+            elif m.startswith("vtk"):
+                self.add(node, "vtk", m)                              # a class of slicer-core
+            else:
+                self.add(node, "unknown", "slicer", m)
         elif owner == "pnw":
             self.add(node, "python", f"slicer.parameterNodeWrapper.<wrapped>.{m}", store=store, bound=True)
         elif owner == "self" and self.cls and m not in self.cls.attributes and m not in self.cls.methods \
@@ -328,6 +334,10 @@ class Collector:
             elif isinstance(node, ast.Attribute) and id(node) not in receivers:
                 if id(node) in values and self.type_of(node.value, env) == "self":
                     self.attribute(node, env, False)   # an inherited self.parent / self.layout
+                    continue
+                if id(node) in values and self.type_of(node.value, env) == "pymod:slicer" \
+                        and node.attr in ("app", "mrmlScene", "modules"):
+                    self.add(node, "python", f"slicer.{node.attr}")   # set by the application
                     continue
                 if id(node) in values and self.type_of(node.value, env) in ("pymod:slicer", "pymod:qt", "pymod:vtk",
                                                                              "ui", "modules"):
@@ -548,6 +558,8 @@ class Checker:
         cls = self.vtk_class(use.target)
         if cls is None:
             return f"{use.target} is not a class of slicer-core or vtk"
+        if not use.member:
+            return None
         if not hasattr(cls, use.member):
             return f"{use.target}.{use.member} does not exist in slicer-core's {use.target}"
         if use.nargs is None:
