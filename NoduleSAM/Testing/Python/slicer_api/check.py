@@ -466,7 +466,7 @@ class Checker:
         if entry is None:
             return [], [cls]
         seen.append(cls)
-        name, bases = extract.cpp_class(" ".join(line.strip() for line in entry["decl"]
+        _, bases = extract.cpp_class(" ".join(line.strip() for line in entry["decl"]
                                                  if not line.lstrip().startswith("#")))
         found = [(cls, entry.get("exposes", "moc"), extract.cpp_member(m["decl"], m["section"]))
                  for m in entry["members"]]

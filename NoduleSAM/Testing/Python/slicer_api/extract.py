@@ -60,8 +60,8 @@ def python_signature(decl: list[str] | str) -> inspect.Signature | None:
     if not text.startswith(("def ", "async def ")) or not text.endswith(":"):
         raise ValueError(f"not a def line: {text!r}")
     namespace = _Lenient()
-    exec(compile("from __future__ import annotations\n" + text + " ...", "<declaration>", "exec"),
-         {"__builtins__": __builtins__}, namespace)
+    exec(compile("from __future__ import annotations\n" + text + " ...", "<declaration>", "exec"),  # noqa: S102
+         {"__builtins__": __builtins__}, namespace)                                  # (a def line, no body)
     function = next(value for key, value in namespace.items() if inspect.isfunction(value))
     return inspect.signature(function)
 
