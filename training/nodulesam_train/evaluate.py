@@ -19,7 +19,10 @@ the 50 % consensus as ground truth:
 
 Writes ``OUT/cases.csv`` (per case and method: DSC, IoU, precision, recall, detected),
 ``OUT/summary.json``, ``OUT/summary.md``, ``OUT/run.json`` (settings, timings) and
-``OUT/figures/{best_worst,pixel_comparison}.png``.
+``OUT/figures/{best_worst,pixel_comparison}.png``. ``--methods`` runs a subset (nnunet and hybrid
+always run); ``--save-masks`` also writes ``OUT/masks/<case_id>.npz``: uint8 ``[y, x]`` masks of
+the central slice (full slice) under the keys ``consensus``, ``nnunet`` and ``hybrid`` (the
+inputs of ``classify``).
 """
 from __future__ import annotations
 
@@ -180,7 +183,7 @@ def _wilcoxon(a, b) -> float | None:
 
 def summarize_rows(rows: list[dict]) -> dict:
     summary: dict = {"n_cases": len(rows)}
-    for method in METHODS:
+    for method in [m for m in METHODS if f"{m}_dsc" in rows[0]]:
         values = [{k: row[f"{method}_{k}"] for k in METRICS} for row in rows
                   if not (isinstance(row[f"{method}_dsc"], float) and math.isnan(row[f"{method}_dsc"]))]
         stats = summarize(values)
@@ -197,7 +200,7 @@ def summary_markdown(summary: dict, title: str) -> str:
     lines = [f"# {title}", "", f"{summary['n_cases']} cases (central slice, 50 % consensus as ground truth)", "",
              "| method | DSC mean | DSC median | DSC std | IoU mean | IoU median | IoU std | precision | recall | missed |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for m in METHODS:
+    for m in [m for m in METHODS if m in summary]:
         s = summary[m]
         lines.append(f"| {m} | {f(s['dsc_mean'])} | {f(s['dsc_median'])} | {f(s['dsc_std'])} | "
                      f"{f(s['iou_mean'])} | {f(s['iou_median'])} | {f(s['iou_std'])} | "
@@ -272,7 +275,8 @@ def make_figures(records: list[dict], rows: list[dict], folder: Path, n_show: in
 def evaluate(voi_dir: str | Path, split: str, out: str | Path, model: str | Path = "nodule-voi",
              refiner_name: str = "litemedsam", checkpoint: str | Path | None = None,
              limit: int | None = None, settings: HybridSettings | None = None, device: str = "cpu",
-             progress: bool = True, threads: int | None = None, bf16: bool = False) -> dict:
+             progress: bool = True, threads: int | None = None, bf16: bool = False,
+             methods=METHODS, save_masks: bool = False) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -286,8 +290,17 @@ def evaluate(voi_dir: str | Path, split: str, out: str | Path, model: str | Path
     if threads:
         torch.set_num_threads(int(threads))
     settings = settings or HybridSettings()
+    methods = {"nnunet", "hybrid", *methods}
+    unknown = methods - set(METHODS)
+    if unknown:
+        from NoduleSAMLib.errors import NoduleSAMError
+
+        raise NoduleSAMError(f"unknown method(s) {', '.join(sorted(unknown))} in --methods; "
+                             f"choose from {', '.join(METHODS)}")
     voi_dir, out = Path(voi_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if save_masks:
+        (out / "masks").mkdir(exist_ok=True)
     t_start = time.time()
     folder = detector_folder(model)
     detector = Detector(folder, device=device)
@@ -321,9 +334,12 @@ def evaluate(voi_dir: str | Path, split: str, out: str | Path, model: str | Path
                                                              sam_threshold=0.0))[0]
             box = gt_box(gt, PAD_PX)
             t = time.time()
-            sam_mask = gt_refiner.segment(hu, box, ("gt", case.case_id))
+            sam_mask = gt_refiner.segment(hu, box, ("gt", case.case_id)) if "sam_gt_box" in methods else None
             timing["sam_gt_box_s"] += time.time() - t
             thr_mask = threshold_in_box(hu, box, settings.threshold_hu)
+            if save_masks:
+                np.savez_compressed(out / "masks" / f"{case.case_id}.npz", consensus=gt.astype(np.uint8),
+                                    nnunet=nn_mask.astype(np.uint8), hybrid=hy_mask.astype(np.uint8))
             row = {"case_id": case.case_id, "patient_id": case.patient_id, "split": split,
                    "n_readers": len(case.readers), "diameter_mm": entry.get("diameter_mm", ""),
                    "texture_median": entry.get("texture_median", ""), "k": case.k,
@@ -332,10 +348,12 @@ def evaluate(voi_dir: str | Path, split: str, out: str | Path, model: str | Path
             for method, mask in (("nnunet", nn_mask), ("hybrid", hy_mask), ("sam_nnunet_box", sam_only),
                                  ("sam_gt_box", sam_mask),
                                  ("threshold_gt_box", thr_mask)):
-                m = overlap(mask, gt)
-                row.update({f"{method}_{k}": m[k] for k in METRICS})
-            m = readers_loo(case.readers)
-            row.update({f"readers_{k}": m[k] for k in METRICS})
+                if method in methods:
+                    m = overlap(mask, gt)
+                    row.update({f"{method}_{k}": m[k] for k in METRICS})
+            if "readers" in methods:
+                m = readers_loo(case.readers)
+                row.update({f"readers_{k}": m[k] for k in METRICS})
             rows.append(row)
             records.append({"hu": case.hu, "gt": gt, "nnunet": nn_mask, "hybrid": hy_mask})
 
@@ -354,6 +372,7 @@ def evaluate(voi_dir: str | Path, split: str, out: str | Path, model: str | Path
     run = {"split": split, "limit": limit, "model": str(folder), "refiner": refiner_name,
            "checkpoint": str(checkpoint) if checkpoint else None, "device": device,
            "threads": torch.get_num_threads(), "bf16": bf16,
+           "methods": [m for m in METHODS if m in methods], "masks": "masks" if save_masks else None,
            "settings": asdict(settings), "gt_box_pad_px": PAD_PX, "timing_s": timing,
            "encoder_calls": {"hybrid": hybrid_refiner.encoder_calls, "sam_gt_box": gt_refiner.encoder_calls},
            "wall_s": time.time() - t_start, "figures": [str(p.relative_to(out)) for p in figures]}
@@ -371,7 +390,9 @@ def _cmd_evaluate(args) -> int:
         sam_threshold=args.sam_threshold, gate_iou=args.gate_iou,
         min_component_px=args.min_component_px, threshold_hu=args.threshold_hu)
     summary = evaluate(args.voi_dir, args.split, args.out, args.model, args.refiner, args.checkpoint,
-                       args.limit, settings, args.device, threads=args.threads, bf16=args.bf16)
+                       args.limit, settings, args.device, threads=args.threads, bf16=args.bf16,
+                       methods=args.methods.split(",") if args.methods else METHODS,
+                       save_masks=args.save_masks)
     print((Path(args.out) / "summary.md").read_text())
     return 0 if summary["n_cases"] else 1
 
@@ -389,6 +410,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--bf16", action="store_true", help="SAM image encoder under bfloat16 autocast (faster on CPU)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated subset of {','.join(METHODS)} (default: all; nnunet and "
+                        "hybrid always run), e.g. nnunet,hybrid to skip SAM with the GT box")
+    p.add_argument("--save-masks", action="store_true",
+                   help="also write OUT/masks/<case_id>.npz (uint8 consensus, nnunet, hybrid masks "
+                        "of the central slice), the inputs of classify")
     p.add_argument("--expansion", type=float, default=d.expansion, help="hybrid box expansion (fraction of size)")
     p.add_argument("--pad-px", type=float, default=d.pad_px, help="hybrid box padding (px)")
     p.add_argument("--crop-margin", type=int, default=d.crop_margin_px, help="hybrid crop margin (px)")
