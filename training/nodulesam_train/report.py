@@ -51,7 +51,7 @@ DESIGN = {
                          "issue 4; BENCHMARKS.md, 'Accuracy: nnU-Net vs nnU-Net + SAM'"),
     "yolo_missed": {"missed": 260, "n": 475, "model": "YOLO11m-seg", "source": "issue 13"},
     "auc": {("efficientnet_b0", "hybrid"): 0.8223, ("efficientnet_b0", "nnunet"): 0.8105,
-            ("efficientnet_b0", "yolo"): 0.7210, "source": "issue 13 (the design's EfficientNet-B0)"},
+            ("efficientnet_b0", "yolo"): 0.7210, "source": "issue 13"},
 }
 
 
@@ -386,7 +386,8 @@ def build_blocks(inputs: dict, figures: dict[str, Path]) -> list[dict]:
           f"epoch chosen on val ({dt['n_cases']['val']}). Backbones from torchvision trained from scratch. "
           f"Input: the central slice's CT crop masked by each source's mask, {st['image_size']} px at "
           f"{st['spacing_mm']} mm/px; {st['epochs']} epochs. Mean ± std (ddof 1) over seeds "
-          f"{', '.join(map(str, cs['seeds']))}. Design AUCs: {DESIGN['auc']['source']}.")
+          f"{', '.join(map(str, cs['seeds']))}.")
+        p(f"The design's published test AUCs, EfficientNet-B0 ({DESIGN['auc']['source']}): {_design_aucs()}.")
         if cs.get("empty_masks"):
             table(["input mask", "empty masks: train", "val", "test"],
                   [[s, *(str(e[k]) for k in ("train", "val", "test"))] for s, e in cs["empty_masks"].items()])
@@ -412,9 +413,14 @@ def build_blocks(inputs: dict, figures: dict[str, Path]) -> list[dict]:
             p("No ROC curves: classify's predictions.csv was not found.")
     else:
         p(f"No classification tables: the classify output is {notes['classify']} (`--classify`). "
-          f"The design's EfficientNet-B0 AUCs: hybrid masks 0.8223, nnU-Net masks 0.8105, YOLO11m-seg "
-          f"masks 0.7210 ({DESIGN['auc']['source']}).")
+          f"The design's published test AUCs, EfficientNet-B0 ({DESIGN['auc']['source']}): {_design_aucs()}.")
     return b
+
+
+def _design_aucs() -> str:
+    names = {"hybrid": "hybrid masks", "nnunet": "nnU-Net masks", "yolo": "YOLO11m-seg masks"}
+    return ", ".join(f"{names[source]} {auc:.4f}" for key, auc in DESIGN["auc"].items() if key != "source"
+                     for _, source in [key])
 
 
 def _hybrid_vs_nnunet(seg_rows) -> str:
