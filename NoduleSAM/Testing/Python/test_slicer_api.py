@@ -75,67 +75,6 @@ def test_parameter_node_classes_are_slicer_core_classes():
         assert issubclass(getattr(slicer, name), slicer.vtkMRMLNode), name
 
 
-# -- the parameter pack's storage, with Slicer's own serializer code ----------------------------------
-def slicer_serializers(slicer):
-    """parameterNodeWrapper's validators and serializers, from their verbatim methods in the
-    snapshot (serializers.py, validators.py), defined in one namespace as the package defines them."""
-    namespace = {"slicer": slicer}
-    for block in SNAPSHOT["serializer_code"]["classes"]:
-        source = f"from __future__ import annotations\nclass {block['class']}:\n" + "\n".join(block["lines"]) + "\n"
-        exec(compile(source, f"<{block['source']}:{block['class']}>", "exec"), namespace)  # noqa: S102 (Slicer's own code)
-    return namespace
-
-
-def wrapper_serializer(ns, slicer, parameter):
-    """The serializer @parameterNodeWrapper builds for one entry of parameterPackClass(): the
-    first registered serializer that can serialize the type (serializers.py registers Number,
-    String, Path, Bool, Node in this order), wrapped with the Choice/WithinRange validators."""
-    kind = getattr(slicer, parameter.kind) if isinstance(parameter.kind, str) else parameter.kind
-    for name in ("NumberSerializer", "StringSerializer", "BoolSerializer", "NodeSerializer"):
-        if ns[name].canSerialize(kind):
-            serializer = ns[name].create(kind)
-            break
-    else:
-        raise AssertionError(f"no serializer for {parameter.name}")
-    validators = ([ns["Choice"](list(parameter.choices))] if parameter.choices else
-                  [ns["WithinRange"](parameter.minimum, parameter.maximum)] if parameter.minimum is not None else [])
-    return ns["ValidatedSerializer"](serializer, validators)
-
-
-def test_the_gui_pack_and_scene_parameters_read_each_others_values():
-    """What NoduleSAMTest.test_parameter_pack checks inside Slicer, here with Slicer's own
-    serializer and validator code on a real vtkMRMLScriptedModuleNode: every default passes the
-    pack's validators (the wrapper writes the defaults when it is created, and a validator that
-    raises there breaks the module); a value the pack writes reads back the same through
-    NoduleSAM's scene.Parameters, and the other way round."""
-    slicer = _slicer_core()
-    from NoduleSAMLib import scene as sc
-
-    ns = slicer_serializers(slicer)
-    mrml = slicer.vtkMRMLScene()
-    params = sc.Parameters.get_or_create(mrml)
-    node = params.node
-    other = {str: "x y", int: 7, float: 0.25, bool: True}
-    for parameter in sc.PARAMETERS:
-        serializer = wrapper_serializer(ns, slicer, parameter)
-        name = parameter.name
-        if isinstance(parameter.kind, str):
-            value = mrml.AddNewNodeByClass(parameter.kind)
-            default = None
-        else:
-            default = parameter.default
-            serializer.validate(default)                       # the wrapper writes it at creation
-            value = (parameter.choices[-1] if parameter.choices
-                     else parameter.maximum if parameter.maximum is not None else other[parameter.kind])
-        assert serializer.read(node, name) == default == getattr(params, name), name
-        serializer.write(node, name, value)                    # the GUI sets it
-        assert getattr(params, name) == value, name
-        setattr(params, name, default)                         # NoduleSAM's logic sets it back
-        assert serializer.read(node, name) == default, name
-    with pytest.raises(ValueError):                             # the validators do run
-        wrapper_serializer(ns, slicer, sc.PARAMETERS_BY_NAME["device"]).write(node, "device", "tpu")
-
-
 # -- the snapshot -----------------------------------------------------------------------------------
 def test_snapshot_entries_parse_and_name_their_source():
     sources = SNAPSHOT["sources"]
