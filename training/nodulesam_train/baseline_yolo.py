@@ -143,7 +143,7 @@ def export_dataset(voi_dir: str | Path, folder: str | Path, limit: int | None = 
 # Training and prediction
 # --------------------------------------------------------------------------------------------
 def train(data_yaml: str | Path, out: str | Path, model_size: str = "n", epochs: int = 60,
-          imgsz: int = 160, batch: int = 16, device: str = "cpu", seed: int = 0,
+          imgsz: int = 128, batch: int = 16, device: str = "cpu", seed: int = 0,
           patience: int = 100, amp: bool = False, workers: int = 2, time_hours: float | None = None) -> Path:
     """Train ``yolo11<model_size>-seg`` from its YAML; returns ``out/train/weights/best.pt``.
 
@@ -326,7 +326,7 @@ def summary_markdown(summary: dict, eval_summary: dict | None = None) -> str:
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
-def run(voi_dir: str | Path, out: str | Path, model_size: str = "n", epochs: int = 60, imgsz: int = 160,
+def run(voi_dir: str | Path, out: str | Path, model_size: str = "n", epochs: int = 60, imgsz: int = 128,
         batch: int = 16, device: str = "cpu", seed: int = 0, weights: str | Path | None = None,
         conf: float | None = None, predict_splits=("train", "val", "test"), eval_split: str = "test",
         against: str | Path | None = None, limit: int | None = None, threads: int | None = None,
@@ -429,7 +429,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-size", choices=MODEL_SIZES, default="n",
                    help="yolo11<size>-seg (the design used m; n trains in about an hour on 2 CPU cores)")
     p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--imgsz", type=int, default=160, help="YOLO input size (px; crops are 43-91 px)")
+    p.add_argument("--imgsz", type=int, default=128, help="YOLO input size (px; crops are 43-91 px)")
     p.add_argument("--time-hours", type=float, default=None,
                    help="train for this long instead of --epochs (Ultralytics' time: the schedule is fitted)")
     p.add_argument("--batch", type=int, default=16)
