@@ -5,7 +5,8 @@
 
 Each case is refined from prompts a person would give, through the same code as ``--boxes``,
 ``--points`` and Slicer's ROIs and fiducials (``BoxRefiner.refine``,
-``prompts.box_from_click``), with LiteMedSAM and the engine's defaults:
+``prompts.box_from_click``), with LiteMedSAM (``--refiner``: another registry name) and the
+engine's defaults:
 
 - the tight 3D box of the 50 % consensus; the box + 10 % and + 25 % per side (in every axis);
   the tight box shifted in-plane by 15 % of its size;
@@ -153,13 +154,14 @@ def main() -> None:
                              "1..step-1 give disjoint, held-out sets)")
     parser.add_argument("--scans", action="store_true", help="also the full scans' nodules and tumours")
     parser.add_argument("--encoder", default="auto", help="image encoder backend (default: %(default)s)")
+    parser.add_argument("--refiner", default="litemedsam", help="refiner registry name (default: %(default)s)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     out = args.out or REPO / "benchmarks" / "results" / f"user_box_{args.split}.json"
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-    refiner = BoxRefiner(build_sam("litemedsam"), encoder=args.encoder)
-    print(f"encoder: {refiner.encoder_name}", flush=True)
+    refiner = BoxRefiner(build_sam(args.refiner), encoder=args.encoder)
+    print(f"refiner: {args.refiner}, encoder: {refiner.encoder_name}", flush=True)
     groups = {f"VOIs {args.split}": voi_cases(args.lidc_dir / "voi", args.split, args.step, args.limit,
                                                     args.offset)}
     if args.scans:
@@ -174,7 +176,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": args.split, "step": args.step, "offset": args.offset,
                                "limit": args.limit,
-                               "encoder": refiner.encoder_name,
+                               "encoder": refiner.encoder_name, "refiner": args.refiner,
                                "cases": results}, indent=1))
     columns = [k for k in next(iter(results.values())) if k not in ("group", "new_box_s", "edit_s", "slices")]
     print("\n| data | cases | " + " | ".join(columns) + " | new box s (per slice) | edit s |")

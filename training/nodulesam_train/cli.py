@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "nodulesam_train.train_fpr",  # train-fpr
     "nodulesam_train.baseline_yolo",  # baseline-yolo
     "nodulesam_train.report",  # report
+    "nodulesam_train.finetune_refiner",  # finetune-refiner
     "nodulesam_train.classify",  # classify
 ]
 
