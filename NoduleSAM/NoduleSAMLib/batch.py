@@ -469,8 +469,19 @@ class CaseWorker:
     def info(self) -> dict:
         import resource
 
-        return {"pid": os.getpid(), "load_models_s": round(self.load_s, 3),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        from .cli import resolve_device
+
+        info = {"pid": os.getpid(), "load_models_s": round(self.load_s, 3),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "device": resolve_device(self.settings.device)}
+        try:  # what Ray gave this worker (CPU and GPU fractions), when it runs as an actor
+            import ray
+
+            if ray.is_initialized():
+                info["resources"] = ray.get_runtime_context().get_assigned_resources()
+        except ImportError:
+            pass
+        return info
 
     def run(self, case_dict: dict, out_dir: str, key: str, content_sha256: str,
             run_id: str = "") -> dict:

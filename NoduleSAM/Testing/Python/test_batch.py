@@ -281,13 +281,14 @@ def test_user_errors_before_any_worker(cohort, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
     """A small local Ray (2 CPUs, no dashboard, 100 MB object store) whose workers inherit the
-    crash hook: the first case of the batch kills its worker's process once."""
+    crash hook: the first case of the batch kills its worker's process once. It declares one
+    GPU (a logical resource: this machine has none), so that the batch's GPU accounting runs."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'nodulesam[batch]')")
     marker = tmp_path_factory.mktemp("hook") / "crashed"
     os.environ[batch.CRASH_HOOK] = str(marker)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 ** 2,
-                 log_to_driver=False)
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False,
+                 object_store_memory=100 * 1024 ** 2, log_to_driver=False)
     finally:
         del os.environ[batch.CRASH_HOOK]  # the workers were started with it; this process is not
     yield marker
@@ -333,6 +334,20 @@ def test_killed_worker_is_restarted_and_its_case_retried(first_batch, local_ray)
     assert retried[0]["status"] in ("ok", "error") and "died" not in retried[0]["error"]
     assert "after its first worker died" in (out / "batch.log").read_text()
     assert not list((out / "cases").glob("*.attempt"))
+
+
+def test_workers_share_a_gpu_by_ray_fractions(first_batch):
+    """With one GPU in the cluster and 2 workers, each actor is given half of it by Ray's
+    accounting (and one CPU). Only the accounting is tested: without CUDA, torch runs on the CPU,
+    which each worker reports as its device."""
+    import torch
+
+    _, summary = first_batch
+    assert len(summary["workers"]) == 2
+    for worker in summary["workers"]:
+        assert worker["resources"].get("GPU") == pytest.approx(0.5), worker
+        assert worker["resources"].get("CPU") == pytest.approx(1.0), worker
+        assert worker["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_csv_tables_have_documented_columns(first_batch):
