@@ -57,12 +57,9 @@ def serve(ct: str | Path | None = None, host: str = DEFAULT_HOST, port: int = DE
       sub-folder per export, so nothing is overwritten.
     settings: scene parameters (``scene.PARAMETERS`` names, e.g. ``sensitivity="high"``).
     """
-    import os
     import sys
 
     line, warning = bind_message(host, port, allow_remote)
-    if not os.environ.get("DISPLAY"):  # render through EGL, without trying an X server first
-        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     try:
         from .app import WebApp
     except ImportError as err:

@@ -176,6 +176,10 @@ class WebApp:
             self._progress("Open", 0, 0, f"reading {name}")
             volume = await asyncio.get_running_loop().run_in_executor(self._executor, read_ct,
                                                                       target)
+        except NoduleSAMError as err:  # named as the user knows them, not by the server's copy
+            shutil.rmtree(folder, ignore_errors=True)
+            raise NoduleSAMError(str(err).replace(f"{folder}/", "").replace(
+                str(folder), "the uploaded folder")) from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -467,13 +471,10 @@ class WebApp:
         for roi in rois:
             name = roi.GetName()
             c, m = candidates.get(name, {}), measured.get(name, {})
-            long_axis, short_axis = m.get("Long axis (mm)"), m.get("Short axis (mm)")
             nodules.append({
                 "name": name, "score": _number(c.get("Score"), 2),
                 "volume": _number(m.get("Volume (mm3)"), 0),
-                "diameter": (f"{m['Mean diameter (mm)']:.1f} ({long_axis:.1f} x {short_axis:.1f})"
-                             if m.get("Mean diameter (mm)") is not None and long_axis is not None
-                             and short_axis is not None else ""),
+                "diameter": _number(m.get("Mean diameter (mm)"), 1),
                 "mean_hu": _number(m.get("Mean HU"), 0), "type": m.get("Type", ""),
                 "lung_rads": m.get("Lung-RADS", ""), "slices": c.get("Slices", ""),
                 "status": self._status(roi, m), "volume_mm3": m.get("Volume (mm3)"),

@@ -12,8 +12,8 @@ UPLOAD_END_TRIGGER = "nodulesam_upload_end"
 # (id, label, attributes of the <input>): one CT file, or every file of a DICOM series folder
 UPLOADS = (("open-file", "Open a CT file (.nrrd, .nii.gz, .mha)", []),
            ("open-folder", "Open a DICOM series folder", ["webkitdirectory"]))
-COLUMNS = (("name", "Nodule"), ("score", "Score"), ("volume", "Volume mm³"),
-           ("diameter", "Diameter mm"), ("mean_hu", "Mean HU"), ("type", "Type"),
+COLUMNS = (("name", "Nodule"), ("score", "Score"), ("volume", "mm³"),
+           ("diameter", "Ø mm"), ("mean_hu", "HU"), ("type", "Type"),
            ("lung_rads", "Lung-RADS"), ("status", "Status"))
 
 
@@ -22,9 +22,11 @@ def _upload(input_id: str, label: str, raw_attrs: list[str]) -> None:
         id=input_id, label=label, density="compact", variant="outlined", hide_details=True,
         prepend_icon="", prepend_inner_icon="mdi-folder-open" if raw_attrs else "mdi-file-upload",
         multiple=bool(raw_attrs), raw_attrs=raw_attrs, disabled=("busy",), classes="mb-2",
-        # trame-slicer's chunk loader sends the files to the server 10 MB at a time
-        change=("window.load_files_by_chunks($event.target.files, "
-                f"{{ trigger_name: '{UPLOAD_TRIGGER}' }})"
+        model_value=("[]",),  # the field stays empty: the page says what is open
+        # trame-slicer's chunk loader sends the files to the server 10 MB at a time; the input
+        # is cleared so that choosing the same files again opens them again
+        change=("const files = Array.from($event.target.files); $event.target.value = null; "
+                f"window.load_files_by_chunks(files, {{ trigger_name: '{UPLOAD_TRIGGER}' }})"
                 f".then(({{ status, errorMsg }}) => trame.trigger('{UPLOAD_END_TRIGGER}', "
                 "[status, errorMsg || '']))"),
     )
@@ -44,7 +46,7 @@ def build_page(app) -> VAppLayout:
             v3.VSpacer()
             html.Span("{{ bind_info }}", id="bind-info", classes="text-caption mr-4")
 
-        with v3.VNavigationDrawer(permanent=True, width=470, classes="pa-3"):
+        with v3.VNavigationDrawer(permanent=True, width=540, classes="pa-3"):
             for input_id, label, attrs in UPLOADS:
                 _upload(input_id, label, attrs)
             with html.Div(classes="d-flex flex-wrap align-center"):
@@ -78,11 +80,11 @@ def build_page(app) -> VAppLayout:
             v3.VAlert(v_if=("notice",), text=("notice",), type="info", id="notice",
                       density="compact", classes="my-2")
 
-            with v3.VTable(density="compact", id="nodules", classes="my-2",
+            with v3.VTable(density="compact", id="nodules", classes="my-2 text-caption",
                            v_if=("nodules.length",)):
                 with html.Thead(), html.Tr():
                     for _, title in COLUMNS:
-                        html.Th(title)
+                        html.Th(title, classes="px-1")
                 with html.Tbody():
                     with html.Tr(v_for="row in nodules", key="row.name",
                                  style="cursor: pointer;",
@@ -90,7 +92,7 @@ def build_page(app) -> VAppLayout:
                                           "bg-blue-grey-darken-2' : 'nodule-row'",),
                                  click=(app.select_row, "[row.name]")):
                         for key, _ in COLUMNS:
-                            html.Td(f"{{{{ row.{key} }}}}", classes=f"col-{key}")
+                            html.Td(f"{{{{ row.{key} }}}}", classes=f"col-{key} px-1")
             html.Div("Decision support for a radiologist, not a diagnosis. Click a row to "
                      "jump to its nodule; drag a box's handles in the slice views, then Refine.",
                      classes="text-caption text-medium-emphasis")

@@ -4,6 +4,8 @@ window, ROI boxes with handles, segment outlines in the slices and their surface
 volume rendering: on a CPU one 3D frame of it takes seconds (``../shared/notes/stack.md``)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from trame.widgets import html
 from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui, create_vertical_view_gutter_ui
@@ -37,6 +39,8 @@ class Viewer:
     """The Slicer application of one page and its views."""
 
     def __init__(self, server):
+        if not os.environ.get("DISPLAY"):  # render through EGL, without trying an X server first
+            os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
         self.app = SlicerApp()
         register_rca_factories(self.app.view_manager, server, slice_view_ui_f=_slice_view_ui,
                                three_d_view_ui_f=_three_d_view_ui)
