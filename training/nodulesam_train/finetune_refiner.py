@@ -361,7 +361,7 @@ embedding (and its cache, and the OpenVINO encoder) is the same as stock LiteMed
 | | |
 |---|---|
 | file | `{WEIGHTS_FILE}`: float16 state dict of `prompt_encoder.*` and `mask_decoder.*` ({len(half)} tensors, no optimizer state), SHA-256 `{sha256}`, loaded with `torch.load(..., weights_only=True)` after the hash check (`NoduleSAMLib.models.build_sam("litemedsam-nodule")`) |
-| data | the LIDC VOI **`train` split only** ({max(h.get('train_records') or ['?'])} cached crops: the central slice of every nodule, its loose crop, and the neighbouring slices with consensus); the 50 % consensus as target. `val` ({h.get('val_records', '?')} central slices) chose the epoch; nothing trained on `val` or `test` |
+| data | the LIDC VOI **`train` split only**: the cached crops at each epoch's start, {h.get('train_records')} (the cache fills in passes: every nodule's central slice in case-id order, then the loose crops, then the neighbouring slices); the 50 % consensus as target. `val` ({h.get('val_records', '?')} central slices) chose the epoch; nothing trained on `val` or `test` |
 | prompts | per step one of: the slice's consensus box + 0-4 px, the nodule's 3D box grown 0-25 % per side and shifted up to 15 %, the slice box jittered the same way, a click's proposed box (`prompts.box_from_click`) (weights {', '.join(f'{k} {v}' for k, v in h.get('prompt_kinds', {}).items())}) |
 | training | Dice + BCE on the mask logits upsampled to the crop; AdamW lr {h.get('lr')}, cosine, batch {h.get('batch')}, {h.get('epochs')} epochs; kept epoch {best}; {h.get('seconds', [0])[-1] / 60 if h.get('seconds') else 0:.0f} min on a 2-core CPU (shared) |
 | command | `{command}` |
