@@ -94,7 +94,8 @@ class WebApp:
             "notice": "", "nodules": [], "rois": [], "selected": "", "exports": [],
             "export_folder": str(self.out), "edited_dialog": False, "edited_names": [],
             "sensitivities": list(SENSITIVITIES), "bind_info": "",
-            "sensitivity": self.settings.get("sensitivity", sc.PARAMETERS_BY_NAME["sensitivity"].default),
+            "sensitivity": self.settings.get("sensitivity",
+                                             sc.PARAMETERS_BY_NAME["sensitivity"].default),
         })
         self.state.change("sensitivity")(self._on_sensitivity)
         self.server.trigger(UPLOAD_TRIGGER)(self.upload_chunk)
@@ -138,7 +139,8 @@ class WebApp:
                     scene.RemoveNode(node)
         self._observed.clear()
         node = sc.add_volume_node(scene, volume, name)
-        self.params = sc.parameters_for(node, **(self.settings | {"sensitivity": self.state.sensitivity}))
+        self.params = sc.parameters_for(node, **(self.settings
+                                                 | {"sensitivity": self.state.sensitivity}))
         self.source = source
         self.viewer.show_ct(node)
         self.state.update({"ct_name": f"{name} ({' x '.join(map(str, volume.hu.shape[::-1]))})",
@@ -258,7 +260,8 @@ class WebApp:
             error = str(err)
         except Exception as err:  # a bug: the page says so, the server's log has the details
             traceback.print_exc()
-            error = f"{title} failed ({type(err).__name__}: {err}); this is a bug: see the server's log"
+            error = (f"{title} failed ({type(err).__name__}: {err}); this is a bug: see the "
+                     "server's log")
         with self.state:
             self.state.update({"busy": False, "job_progress": 0, "job_text": "",
                                "error": error or "", "notice": notice or self.state.notice})
@@ -397,7 +400,8 @@ class WebApp:
         numbers = [int(p.name.split("-")[1]) for p in self.out.glob("export-*")
                    if p.name.split("-")[1].isdigit()]
         folder = self.out / f"export-{max(numbers, default=0) + 1:03d}"
-        report = report_dict(result, {"settings": sc.settings_from_parameters(self.params).to_dict()})
+        settings = sc.settings_from_parameters(self.params).to_dict()
+        report = report_dict(result, {"settings": settings})
         dicom = self.source is not None and self.source.is_dir()
 
         def write():
@@ -448,10 +452,12 @@ class WebApp:
             return sc.EDITED
         segment = self.params.outputSegmentation.GetSegmentation().GetSegment(segment_id)
         try:
-            refined_box = json.loads(sc.segment_tag(segment, sc.SEGMENT_INPUT_TAG) or "{}").get("box")
+            key = json.loads(sc.segment_tag(segment, sc.SEGMENT_INPUT_TAG) or "{}")
+            refined_box = key.get("box")
         except ValueError:
             refined_box = None
-        if refined_box is not None and list(sc.box_from_roi(roi, self.params.inputVolume)) != refined_box:
+        box = list(sc.box_from_roi(roi, self.params.inputVolume))
+        if refined_box is not None and box != refined_box:
             return "box edited: press Refine"
         return measured.get("Status") or "segmented"
 

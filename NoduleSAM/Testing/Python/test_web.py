@@ -299,10 +299,20 @@ def test_open_auto_segment_edit_a_box_refine_export(page, dicom_crop, reference_
     wait_state(page, "s('placing') === 'box'")
     from NoduleSAMLib.volume import read_ct
 
+    from scipy.ndimage import uniform_filter
+
     ct = read_ct(dicom_crop)
     z0, z1, y0, y1, x0, x1 = roi["box_ijk"]
-    mirror = [(z0 + z1) / 2, (y0 + y1) / 2, ct.hu.shape[2] - 1 - (x0 + x1) / 2]
-    page.mouse.click(*page_point(page, "Red", ct.zyx_to_ras(mirror)))
+    z, width = (z0 + z1) // 2, ct.hu.shape[2]
+    hu = ct.hu[z]
+    # a vessel in the other lung: soft tissue amid air, nearest the nodule's mirror image
+    vessel = (hu > -50) & (hu < 300) & (uniform_filter(hu, 9) < -500)
+    columns = np.arange(width)
+    side = columns < width // 2 if (x0 + x1) / 2 > width / 2 else columns >= width // 2
+    ys, xs = np.nonzero(vessel & side[None, :])
+    mirror = np.array([(y0 + y1) / 2, width - 1 - (x0 + x1) / 2])
+    nearest = np.argmin(np.hypot(ys - mirror[0], xs - mirror[1]))
+    page.mouse.click(*page_point(page, "Red", ct.zyx_to_ras([z, ys[nearest], xs[nearest]])))
     wait_state(page, f"s('rois').length === {len(rois) + 1} && !s('placing')")
     added = state(page, "rois")[-1]["name"]
     assert _row(page, added)["status"].startswith("no segment")
