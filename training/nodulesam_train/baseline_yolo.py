@@ -262,7 +262,8 @@ def wilcoxon_against(yolo_rows: list[dict], eval_rows: dict[str, dict], method: 
                              "evaluate output; run evaluate on the same split and --limit")
     out = {"method": method, "n_cases": len(ids)}
     for k in ("dsc", "iou"):
-        yolo = [r[f"yolo_{k}"] for r in yolo_rows]
+        # at the precision of the cases.csv files, so that equal scores pair as ties (as in the report)
+        yolo = [round(float(r[f"yolo_{k}"]), 6) for r in yolo_rows]
         other = [float(eval_rows[i][f"{method}_{k}"]) for i in ids]
         out[f"p_{k}"] = _wilcoxon(yolo, other)
         out[f"{method}_{k}_mean"] = float(np.mean(other))
