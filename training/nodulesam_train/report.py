@@ -391,11 +391,14 @@ def build_blocks(inputs: dict, figures: dict[str, Path]) -> list[dict]:
           f"epoch chosen on val ({dt['n_cases']['val']}). Backbones from torchvision trained from scratch. "
           f"Input: the central slice's CT crop masked by each source's mask, {st['image_size']} px at "
           f"{st['spacing_mm']} mm/px; {st['epochs']} epochs. Mean ± std (ddof 1) over seeds "
-          f"{', '.join(map(str, cs['seeds']))}.")
+          f"{', '.join(map(str, cs['seeds']))}."
+          + (f" Trained and validated on the `{cs['train_source']}` masks; each input mask is the test "
+             "input." if cs.get("train_source") else ""))
         p(f"The design's published test AUCs, EfficientNet-B0 ({DESIGN['auc']['source']}): {_design_aucs()}.")
         if cs.get("empty_masks"):
             table(["input mask", "empty masks: train", "val", "test"],
-                  [[s, *(str(e[k]) for k in ("train", "val", "test"))] for s, e in cs["empty_masks"].items()])
+                  [[s, *("–" if e.get(k) is None else str(e[k]) for k in ("train", "val", "test"))]
+                   for s, e in cs["empty_masks"].items()])
 
         def ms(entry, key):
             return "–" if entry.get(f"{key}_mean") is None else f"{entry[f'{key}_mean']:.4f} ± {entry[f'{key}_std']:.4f}"
