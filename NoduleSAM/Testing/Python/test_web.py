@@ -312,7 +312,8 @@ def test_open_auto_segment_edit_a_box_refine_export(page, dicom_crop, reference_
     ys, xs = np.nonzero(vessel & side[None, :])
     mirror = np.array([(y0 + y1) / 2, width - 1 - (x0 + x1) / 2])
     nearest = np.argmin(np.hypot(ys - mirror[0], xs - mirror[1]))
-    page.mouse.click(*page_point(page, "Red", ct.zyx_to_ras([z, ys[nearest], xs[nearest]])))
+    vessel_ras = ct.zyx_to_ras([z, ys[nearest], xs[nearest]])
+    page.mouse.click(*page_point(page, "Red", vessel_ras))
     wait_state(page, f"s('rois').length === {len(rois) + 1} && !s('placing')")
     added = state(page, "rois")[-1]["name"]
     assert _row(page, added)["status"].startswith("no segment")
@@ -372,5 +373,27 @@ def test_open_auto_segment_edit_a_box_refine_export(page, dicom_crop, reference_
 
     seg = pydicom.dcmread(folder / "nodules.seg.dcm")
     assert seg.Modality == "SEG" and len(seg.SegmentSequence) == len(names)
+
+    # 7. Delete box: the vessel's box and its segment go, the nodule stays
+    page.locator("tr.nodule-row", has_text=added).click()
+    wait_state(page, f"s('selected') === {added!r}")
+    page.click("#delete-box")
+    wait_state(page, f"!s('busy') && !s('rois').some(r => r.name === {added!r})", timeout_s=60)
+    assert f"Deleted '{added}' and its segment." in state(page, "notice"), state(page, "notice")
+    names_now = [row["name"] for row in state(page, "nodules")]
+    assert added not in names_now and nodule in names_now
+
+    # 8. Click nodule on the same vessel point: the box the click proposes, refined alone
+    page.click("#click-nodule")
+    wait_state(page, "s('placing') === 'click'")
+    page.mouse.click(*page_point(page, "Red", vessel_ras))
+    wait_state(page, f"s('rois').length === {len(rois) + 1} && !s('placing')")
+    clicked = state(page, "rois")[-1]
+    z0, z1, y0, y1, x0, x1 = clicked["box_ijk"]
+    assert z0 <= z < z1 and y0 <= ys[nearest] < y1 and x0 <= xs[nearest] < x1, clicked
+    page.click("#refine")
+    wait_state(page, "!s('busy') && s('notice').startsWith('Refine')", timeout_s=JOB_TIMEOUT_S)
+    assert f"refined 1, unchanged {len(rois)}" in state(page, "notice"), state(page, "notice")
+    assert _row(page, clicked["name"])["status"] == "refined"
     print(f"\nweb timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}, "
           f"server start {server.start_s:.1f} s")
