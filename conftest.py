@@ -32,3 +32,15 @@ def tiny_voi_model(request) -> Path:
         return cached_model(Path(request.config.cache.mkdir("tiny-voi")), LIDC)
     except TinyModelError as err:
         pytest.fail(str(err), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def voi_model(request):
+    """The bundled ``nodule-voi`` when installed, else the tiny model above."""
+    from NoduleSAMLib.errors import NoduleSAMError
+    from NoduleSAMLib.models import detector_folder
+
+    try:
+        return detector_folder("nodule-voi")
+    except NoduleSAMError:
+        return request.getfixturevalue("tiny_voi_model")

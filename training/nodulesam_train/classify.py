@@ -374,22 +374,22 @@ def summary_markdown(summary: dict) -> str:
     for source in sources:
         e = {k: "–" if v is None else v for k, v in summary["empty_masks"][source].items()}
         lines.append(f"| {source} | {e['train']} | {e['val']} | {e['test']} |")
+    def table(title, first_column, rows):
+        """One metrics table: ``rows`` are (row name, results entry)."""
+        out = [title, "", f"| {first_column} | accuracy | macro F1 | AUC (OvR) | design AUC |",
+               "|---|---|---|---|---|"]
+        out += [f"| {name} | {ms(e, 'accuracy')} | {ms(e, 'macro_f1')} | {ms(e, 'auc_ovr')} | {design(e)} |"
+                for name, e in rows]
+        return out + [""]
+
     lines += ["", "## Input masks compared, per backbone (the form of the design's Table 3)", ""]
     for backbone in backbones:
-        lines += [f"### {backbone}", "", "| input mask | accuracy | macro F1 | AUC (OvR) | design AUC |",
-                  "|---|---|---|---|---|"]
-        for source in sources:
-            e = results[backbone][source]
-            lines.append(f"| {source} | {ms(e, 'accuracy')} | {ms(e, 'macro_f1')} | {ms(e, 'auc_ovr')} | {design(e)} |")
-        lines.append("")
+        lines += table(f"### {backbone}", "input mask",
+                       [(source, results[backbone][source]) for source in sources])
     lines += ["## Backbones compared, per input mask (the form of the design's Table 4)", ""]
     for source in sources:
-        lines += [f"### {source} masks", "", "| backbone | accuracy | macro F1 | AUC (OvR) | design AUC |",
-                  "|---|---|---|---|---|"]
-        for backbone in backbones:
-            e = results[backbone][source]
-            lines.append(f"| {backbone} | {ms(e, 'accuracy')} | {ms(e, 'macro_f1')} | {ms(e, 'auc_ovr')} | {design(e)} |")
-        lines.append("")
+        lines += table(f"### {source} masks", "backbone",
+                       [(backbone, results[backbone][source]) for backbone in backbones])
     agree = summary["reader_agreement"]
     lines += ["## Reader agreement (context)", "",
               "Fleiss' kappa of the malignancy ratings (categories 1-5), per number of readers:", "",

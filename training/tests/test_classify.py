@@ -181,18 +181,6 @@ def test_classify_missing_masks_is_a_user_error(mask_dirs, tmp_path, capsys):
     assert rc == 2 and "no mask in" in capsys.readouterr().err  # val and test are in the other folder
 
 
-@pytest.fixture(scope="module")
-def voi_model(request):
-    """The bundled ``nodule-voi`` when installed, else the suite's tiny model (../../conftest.py)."""
-    from NoduleSAMLib.errors import NoduleSAMError
-    from NoduleSAMLib.models import detector_folder
-
-    try:
-        return detector_folder("nodule-voi")
-    except NoduleSAMError:
-        return request.getfixturevalue("tiny_voi_model")
-
-
 def test_evaluate_save_masks(voi_model, tmp_path):
     from nodulesam_train.cli import main
     from nodulesam_train.lidc import voi_case

@@ -17,18 +17,6 @@ from lidc_data import LIDC_DIR, needs_voi
 pytestmark = needs_voi
 
 
-@pytest.fixture(scope="module")
-def voi_model(request):
-    """The bundled ``nodule-voi`` when installed, else the suite's tiny model (../../conftest.py)."""
-    from NoduleSAMLib.errors import NoduleSAMError
-    from NoduleSAMLib.models import detector_folder
-
-    try:
-        return detector_folder("nodule-voi")
-    except NoduleSAMError:
-        return request.getfixturevalue("tiny_voi_model")
-
-
 def test_metrics_and_baseline():
     from nodulesam_train.evaluate import readers_loo, summarize_rows
     from nodulesam_train.metrics import overlap, threshold_in_box
