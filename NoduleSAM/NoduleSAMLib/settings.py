@@ -38,7 +38,7 @@ class CandidateSettings:
     min_in_lungs: float = 0.5
     min_depth_ratio: float = 0.35
     blobs: bool = True
-    sensitivity: str = "high"
+    sensitivity: str = "balanced"
 
 
 @dataclass

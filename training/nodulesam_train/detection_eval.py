@@ -132,6 +132,10 @@ def summarise(records: list[dict]) -> dict:
         strata[f"size {label}"] = [(l, score) for _, l, score in lesions if low <= l.diameter_mm < high]
     for name in ("solid", "part solid", "ground glass", "unknown"):
         strata[f"texture {name}"] = [(l, score) for _, l, score in lesions if texture_class(l.texture) == name]
+    # LUNA16 keeps only scans of <= 2.5 mm slices; on thicker ones a small nodule fills one slice
+    for label, thin in (("<= 2.5 mm", True), ("> 2.5 mm", False)):
+        strata[f"slices {label}"] = [(l, score) for s, l, score in lesions
+                                     if (s.volume.spacing_zyx_mm[0] <= 2.5 + 1e-6) == thin]
     summary["strata"] = {
         key: {"lesions": len(items),
               "sensitivity_any": float(np.mean([s is not None for _, s in items])) if items else None,

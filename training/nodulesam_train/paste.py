@@ -4,8 +4,14 @@ Used twice: to give the detector's evaluation more nodules than the held-out sca
 the ``val`` or ``test`` split into held-out scans), and to give the candidate classifier positive
 examples with real surroundings (``train`` VOIs into training scans).
 
-A VOI's HU crop and 50 % consensus mask are resampled to the target CT's voxel size (linear for
-HU, the mask linearly then thresholded at 0.5), placed at a random point such that the feathered
+A VOI's HU crop and 50 % consensus mask are resampled to the target CT's voxel size as a CT
+forms a voxel (``on_grid``): each target voxel is the mean of the VOI over its extent, on a grid
+centred on the nodule with a random sub-voxel phase. On 3-5 mm slices a small nodule thus keeps
+its density, spread over the slice it falls in (partial volume). The earlier point-sampling
+(``ndimage.zoom``, which aligns the crop's first voxels) put a VOI of a few thin slices onto one
+sample at its edge, so some pasted nodules were labelled but not in the HU.
+The mask is the resampled consensus fraction >= 0.5 (a nodule thinner than that everywhere keeps
+the voxels of at least half its largest fraction). The nodule is placed at a random point such that the feathered
 footprint lies wholly inside the lung fields and away from other lesions, and blended:
 ``out = alpha * voi + (1 - alpha) * ct``, with ``alpha`` = 1 on the mask and falling off over
 about 2 mm around it. The pasted mask is written into the label map with its own value.
@@ -41,16 +47,42 @@ def read_voi(lidc_dir: Path, case: dict) -> VoiNodule:
                      (sz, sy, sx), float(case.get("diameter_mm") or 0.0), texture)
 
 
-def resampled(nodule: VoiNodule, spacing_zyx_mm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The nodule on the target voxel size: HU, mask and blending alpha (all cropped to the
-    alpha's support)."""
-    factors = np.asarray(nodule.spacing_zyx_mm, float) / np.asarray(spacing_zyx_mm, float)
-    hu = ndimage.zoom(nodule.hu, factors, order=1)
-    mask = ndimage.zoom(nodule.mask.astype(np.float32), factors, order=1) > 0.5
-    if not mask.any():  # a nodule thinner than one target slice keeps its largest section
-        mask = np.zeros(hu.shape, bool)
-        mask[min(hu.shape[0] - 1, hu.shape[0] // 2)] = ndimage.zoom(
-            nodule.mask.max(axis=0).astype(np.float32), factors[1:], order=1)[: hu.shape[1], : hu.shape[2]] > 0.5
+def on_grid(nodule: VoiNodule, spacing_zyx_mm, phase=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The VOI's HU and consensus fraction on a grid of the target voxel size, as a CT forms its
+    voxels: each is the mean of the VOI over its extent (sampled linearly at sub-voxel steps along
+    every axis where the target is coarser). The grid is centred on the nodule, shifted by
+    ``phase`` target voxels (a real scan's slices fall anywhere on a nodule); outside the VOI its
+    edge HU continue."""
+    source = np.asarray(nodule.spacing_zyx_mm, float)
+    target = np.asarray(spacing_zyx_mm, float)
+    count = np.maximum(1, np.ceil(np.array(nodule.hu.shape) * source / target)).astype(int)
+    centre = (np.argwhere(nodule.mask).mean(axis=0) if nodule.mask.any()
+              else (np.array(nodule.hu.shape) - 1) / 2)
+    positions, offsets = [], []
+    for axis in range(3):
+        steps = np.arange(count[axis]) - (count[axis] - 1) / 2 + phase[axis]
+        positions.append(centre[axis] + steps * target[axis] / source[axis])
+        sub = int(np.ceil(target[axis] / source[axis])) if target[axis] > source[axis] else 1
+        offsets.append((((np.arange(sub) + 0.5) / sub - 0.5) * target[axis] / source[axis]) if sub > 1 else [0.0])
+    mask = nodule.mask.astype(np.float32)
+    hu_sum = np.zeros(count, np.float64)
+    fraction_sum = np.zeros(count, np.float64)
+    shifts = [(a, b, c) for a in offsets[0] for b in offsets[1] for c in offsets[2]]
+    for dz, dy, dx in shifts:
+        grid = np.meshgrid(positions[0] + dz, positions[1] + dy, positions[2] + dx, indexing="ij")
+        hu_sum += ndimage.map_coordinates(nodule.hu, grid, order=1, mode="nearest")
+        fraction_sum += ndimage.map_coordinates(mask, grid, order=1, mode="constant", cval=0.0)
+    return (hu_sum / len(shifts)).astype(np.float32), (fraction_sum / len(shifts)).astype(np.float32)
+
+
+def resampled(nodule: VoiNodule, spacing_zyx_mm, phase=(0.0, 0.0, 0.0)
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nodule on the target voxel size (``on_grid``): HU, mask and blending alpha (all
+    cropped to the alpha's support)."""
+    hu, fraction = on_grid(nodule, spacing_zyx_mm, phase)
+    mask = fraction >= 0.5
+    if not mask.any():  # thinner than half a target voxel everywhere
+        mask = fraction >= 0.5 * fraction.max() if fraction.max() > 0 else mask
     feather_vox = np.maximum(1.0 / np.asarray(spacing_zyx_mm, float), 0.3)  # about 1 mm
     support = ndimage.binary_dilation(mask, iterations=1)
     alpha = np.clip(ndimage.gaussian_filter(support.astype(np.float32), feather_vox), 0, 1)
@@ -71,7 +103,7 @@ def paste(hu: np.ndarray, labels: np.ndarray, allowed: np.ndarray, value: int, n
     places: candidate centres (``np.argwhere(allowed)``, possibly thinned) to draw from.
     Returns the pasted mask's centroid (voxel ``z, y, x``) or None if no place fitted.
     """
-    src, mask, alpha = resampled(nodule, spacing_zyx_mm)
+    src, mask, alpha = resampled(nodule, spacing_zyx_mm, rng.uniform(-0.5, 0.5, 3))
     if not mask.any():
         return None
     foot = alpha > 0.02

@@ -135,6 +135,26 @@ def largest_inplane_diameter_mm(mask: np.ndarray, spacing_zyx_mm) -> float:
     return best
 
 
+def thicker(scan: Scan, factor: int) -> Scan:
+    """The scan as a CT with ``factor`` times thicker slices: each new slice the mean HU of
+    ``factor`` consecutive ones (the last partial group dropped), each label voxel the largest
+    label among them (a lesion seen on any of the slices stays labelled). A training background
+    of another slice thickness, made from the same patient."""
+    from dataclasses import replace
+
+    count = scan.volume.hu.shape[0] // factor
+    if factor < 2 or count < 2:
+        raise ValueError(f"cannot make {factor}x thicker slices from {scan.volume.hu.shape[0]}")
+    shape = (count, factor) + scan.volume.hu.shape[1:]
+    hu = scan.volume.hu[: count * factor].astype(np.float32).reshape(shape).mean(axis=1)
+    labels = scan.labels[: count * factor].reshape(shape).max(axis=1)
+    matrix = np.array(scan.volume.ijk_to_ras, float)
+    matrix[:3, 3] += matrix[:3, 2] * (factor - 1) / 2  # the new slice's centre
+    matrix[:3, 2] *= factor
+    volume = replace(scan.volume, hu=hu.astype(scan.volume.hu.dtype), ijk_to_ras=matrix)
+    return Scan(f"{scan.name}@{factor}x", volume, labels, list(scan.lesions), list(scan.ignored))
+
+
 def available(name: str, lidc_dir: Path | None = None, chest_dir: Path | None = None) -> bool:
     """Whether ``name``'s files are present (the demo CT is fetched on demand, so it always is)."""
     lidc_dir = Path(lidc_dir or default_lidc_dir())

@@ -161,8 +161,13 @@ def pasted_cubes(scan, cases, lidc_dir: Path, out: _Examples, rng, jitters: int 
 
 
 def collect(detector_folder: Path, lidc_dir: Path, cache_dir: Path, seed: int, log,
-            pastes_per_nodule: int = 2) -> dict:
-    """Training and validation cubes from the training scans (see the module docstring)."""
+            pastes_per_nodule: int = 2, thick_factor: int = 0) -> dict:
+    """Training and validation cubes from the training scans (see the module docstring).
+
+    thick_factor: also use each training scan with that many times thicker slices
+    (``scans.thicker``) as a further background: its lesions, its own detector and blob-filter
+    false positives, its background points, and each train nodule pasted once more into it.
+    """
     from scipy import ndimage
 
     from NoduleSAMLib.detect import Detector
@@ -178,18 +183,23 @@ def collect(detector_folder: Path, lidc_dir: Path, cache_dir: Path, seed: int, l
     detector.predictor.allow_tqdm = False
     train, val = _Examples(), _Examples()
     for number, name in enumerate(scans_mod.TRAIN_SCANS):
-        scan = scans_mod.load_scan(name, lidc_dir)
-        near_label = ndimage.binary_dilation(scan.labels > 0, iterations=3)
-        lesion_cubes(scan, train, rng)
-        detection = cached_detection(detector, detector_folder, scan.volume, cache_dir)
-        hard = detector_fp_cubes(scan, detection, near_label, train, val, rng)
-        blobs = blob_fp_cubes(scan, near_label, train, val, rng)
-        background_cubes(scan, near_label, train, val, rng)
+        original = scans_mod.load_scan(name, lidc_dir)
         share = {split: pool[number::len(scans_mod.TRAIN_SCANS)] for split, pool in pools.items()}
-        placed_train = pasted_cubes(scan, share["train"] * pastes_per_nodule, lidc_dir, train, rng)
-        placed_val = pasted_cubes(scan, share["val"], lidc_dir, val, rng, jitters=0)
-        log(f"{name}: {len(scan.lesions)} lesions, {hard} detector and {blobs} blob-filter false positives, pasted "
-            f"{placed_train} train / {placed_val} val VOI nodules")
+        backgrounds = [(original, pastes_per_nodule)]
+        if thick_factor > 1:
+            backgrounds.append((scans_mod.thicker(original, thick_factor), 1))
+        for scan, pastes in backgrounds:
+            near_label = ndimage.binary_dilation(scan.labels > 0, iterations=3)
+            lesion_cubes(scan, train, rng)
+            detection = cached_detection(detector, detector_folder, scan.volume, cache_dir)
+            hard = detector_fp_cubes(scan, detection, near_label, train, val, rng)
+            blobs = blob_fp_cubes(scan, near_label, train, val, rng)
+            background_cubes(scan, near_label, train, val, rng)
+            placed_train = pasted_cubes(scan, share["train"] * pastes, lidc_dir, train, rng)
+            placed_val = pasted_cubes(scan, share["val"], lidc_dir, val, rng, jitters=0)
+            log(f"{scan.name} ({scan.volume.spacing_zyx_mm[0]:.1f} mm slices): {len(scan.lesions)} lesions, "
+                f"{hard} detector and {blobs} blob-filter false positives, pasted "
+                f"{placed_train} train / {placed_val} val VOI nodules")
     return {"train": train.arrays(), "val": val.arrays()}
 
 
@@ -296,6 +306,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--steps", type=int, default=120, help="steps per epoch")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--thick-factor", type=int, default=2,
+                        help="also train on each scan with this many times thicker slices (0: off)")
     return parser
 
 
@@ -310,14 +322,16 @@ def main(args) -> int:
     from .detection_cache import detector_key
 
     folder = detector_folder(args.detector)
-    cubes = args.out / f"cubes_{args.seed}_{detector_key(folder)}.npz"  # per detector: its false positives
+    # per detector (its false positives) and background set
+    thick = f"_thick{args.thick_factor}" if args.thick_factor > 1 else ""
+    cubes = args.out / f"cubes_{args.seed}_{detector_key(folder)}{thick}.npz"
     if cubes.is_file():
         with np.load(cubes) as saved:
             data = {split: tuple(saved[f"{split}_{n}"] for n in range(4)) for split in ("train", "val")}
         log(f"cubes: {cubes}")
     else:
         start = time.perf_counter()
-        data = collect(folder, lidc_dir, args.cache_dir, args.seed, log)
+        data = collect(folder, lidc_dir, args.cache_dir, args.seed, log, thick_factor=args.thick_factor)
         np.savez(cubes, **{f"{split}_{n}": a for split, arrays in data.items() for n, a in enumerate(arrays)})
         log(f"collected in {time.perf_counter() - start:.0f} s")
     for split, (_, _, labels, kinds) in data.items():
@@ -329,6 +343,7 @@ def main(args) -> int:
     log(f"trained in {seconds:.0f} s; best epoch {epoch}")
     card = {"name": "nodule-fpr", "kind": "candidate classifier",
             "training": {"scans": list(scans_mod.TRAIN_SCANS), "detector": args.detector,
+                         "thick_factor": args.thick_factor,
                          "seed": args.seed, "epochs": args.epochs, "steps_per_epoch": args.steps,
                          "batch_size": args.batch_size, "best_epoch": epoch, "seconds": round(seconds),
                          "torch": torch.__version__,

@@ -91,6 +91,46 @@ def test_pasted_copies_keep_the_original_and_label_each_nodule(lung1_003):
         assert not (scan.labels[~pasted_voxels] != lung1_003.labels[~pasted_voxels]).any()  # ... labels only there
 
 
+def test_a_thicker_copy_of_a_scan_averages_its_slices_in_place(lung1_003):
+    """``scans.thicker``: the training background of twice the slice thickness (6 mm here)."""
+    from NoduleSAMLib.geometry import apply_matrix
+    from nodulesam_train import scans
+
+    thick = scans.thicker(lung1_003, 2)
+    hu, volume = lung1_003.volume.hu, thick.volume
+    assert volume.hu.shape == (hu.shape[0] // 2,) + hu.shape[1:]
+    assert volume.spacing_zyx_mm == pytest.approx(lung1_003.volume.spacing_zyx_mm * [2, 1, 1])
+    assert np.allclose(volume.hu[5], (hu[10].astype(np.float32) + hu[11]) / 2, atol=0.5)
+    # the new slice 5 lies midway between the old slices 10 and 11, in world coordinates
+    old = apply_matrix(lung1_003.volume.ijk_to_ras, np.array([[7.0, 9.0, 10.0], [7.0, 9.0, 11.0]])).mean(axis=0)
+    assert apply_matrix(volume.ijk_to_ras, np.array([[7.0, 9.0, 5.0]]))[0] == pytest.approx(old)
+    assert (thick.labels == 1).any() and thick.lesions == lung1_003.lesions and thick.ignored == [2, 3]
+    assert (thick.labels == 1).sum() * 2 >= (lung1_003.labels == 1).sum()  # a lesion's slices stay labelled
+
+
+def test_a_nodule_pasted_onto_thick_slices_stays_in_the_hu():
+    """Resampled as a CT forms its voxels (the mean over each voxel's extent, on a grid centred on
+    the nodule): a 4.5 mm VOI nodule on 0.7 mm slices, put onto 5 mm slices at any slice phase,
+    is still denser than its lung where it is labelled; a 17 mm one keeps its volume."""
+    from nodulesam_train.detection_eval import read_cases
+    from nodulesam_train.paste import read_voi, resampled
+
+    cases = {c["case_id"]: c for c in read_cases(LIDC_DIR)}
+    small = read_voi(LIDC_DIR, cases["LIDC-IDRI-0582_N6"])
+    lung_hu = float(np.median(small.hu[~small.mask]))
+    for phase in (-0.5, -0.25, 0.0, 0.25, 0.5):
+        hu, mask, alpha = resampled(small, (5.0, *small.spacing_zyx_mm[1:]), (phase, 0.0, 0.0))
+        assert mask.any() and alpha[mask].min() == 1.0
+        assert hu[mask].mean() > lung_hu + 200, phase
+        assert small.hu.min() <= hu.min() and hu.max() <= small.hu.max()  # means of the VOI's own HU
+    large = read_voi(LIDC_DIR, cases["LIDC-IDRI-0190_N2"])
+    volume = large.mask.sum() * np.prod(large.spacing_zyx_mm)
+    for thickness in (1.0, 3.0, 5.0):
+        spacing = (thickness, *large.spacing_zyx_mm[1:])
+        _, mask, _ = resampled(large, spacing, (0.3, 0.0, 0.0))
+        assert mask.sum() * np.prod(spacing) == pytest.approx(volume, rel=0.1), thickness
+
+
 def test_evaluate_detection_command_writes_its_outputs(tmp_path):
     import shutil
 

@@ -86,3 +86,25 @@ def test_classifier_orders_and_filters_real_candidates(bundled_detector, ct_0001
         kept[sensitivity] = {c.box_ijk for c in pipeline.detect(ct_0001)}
         assert kept[sensitivity] == {c.box_ijk for c in scored if c.score >= threshold}
     assert kept["high"] >= kept["balanced"] >= kept["specific"]
+
+
+def test_the_score_is_the_mean_over_the_cube_mirror_images(reducer, ct_0001):
+    """Real cubes of LIDC-IDRI-0001: a mirrored or transposed cube scores the same, and the score
+    is the mean of the network's probabilities over the 16 mirror images."""
+    import torch
+
+    spacing = ct_0001.spacing_zyx_mm
+    geometries = [fpr_mod.PatchGeometry((z, 256.0, x), 12.0) for z, x in ((40, 150), (60, 360), (80, 200))]
+    patches = np.stack([fpr_mod.extract_patch(ct_0001.hu, spacing, g) for g in geometries])
+    extents = np.log([g.extent_mm for g in geometries])
+    scores = reducer.score_patches(patches, extents)
+    assert len(fpr_mod.MIRRORS) == 16 and len(set(fpr_mod.MIRRORS)) == 16
+    mirrored = reducer.score_patches(np.ascontiguousarray(patches[:, ::-1, :, ::-1]), extents)
+    transposed = reducer.score_patches(np.ascontiguousarray(patches.transpose(0, 1, 3, 2)), extents)
+    assert np.allclose(mirrored, scores, atol=1e-5) and np.allclose(transposed, scores, atol=1e-5)
+    with torch.inference_mode():
+        x = torch.from_numpy(patches)[:, None]
+        e = torch.from_numpy(extents.astype(np.float32))
+        each = [torch.sigmoid(reducer.network(fpr_mod.mirror(x, a, t), e)).numpy() for a, t in fpr_mod.MIRRORS]
+    assert np.allclose(np.mean(each, axis=0), scores, atol=1e-6)
+    assert np.ptp(np.stack(each), axis=0).max() > 0  # the network alone is not mirror-invariant
