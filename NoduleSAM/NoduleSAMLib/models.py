@@ -61,7 +61,7 @@ REFINERS = {
     "litemedsam-nodule": RefinerSpec(
         "litemedsam-nodule", "litemedsam",
         "LiteMedSAM, prompt encoder + mask decoder fine-tuned on LIDC train nodules (bundled)",
-        "prompt_decoder.pt", "11b37b6cc5e841985ba8ce3940af8db9a312a3df9928d8d8c3766e91d6162902",
+        "prompt_decoder.pt", "80843ef853d59be716e65055bd43314660ce806a5095f7d7ea4a1f2855154b6b",
         pixel_mean=(0.0, 0.0, 0.0), pixel_std=(255.0, 255.0, 255.0), base="litemedsam"),
     "sam_vit_b": RefinerSpec(
         "sam_vit_b", "vit_b", "SAM ViT-B (Meta, 1024 px)", "sam_vit_b_01ec64.pth",
