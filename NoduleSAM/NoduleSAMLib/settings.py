@@ -98,7 +98,7 @@ class Settings:
     detector_checkpoint: str | None = None
     mirroring: bool = False
     fpr: str = "nodule-fpr"
-    refiner: str = "litemedsam"
+    refiner: str = "litemedsam-nodule"
     checkpoint: str | None = None
     device: str = "auto"
     encoder: str = "auto"

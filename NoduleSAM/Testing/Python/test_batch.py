@@ -377,7 +377,7 @@ def test_rerun_skips_finished_cases(first_batch, cohort):
 
 @pytest.mark.slow
 def test_refined_batch_identical_to_segment(local_ray, cohort, tmp_path):
-    """With refinement (the bundled LiteMedSAM), one worker: the same masks and report as
+    """With refinement (the default bundled refiner, litemedsam-nodule), one worker: the same masks and report as
     ``segment`` (about 2-4 minutes on 2 busy cores)."""
     (tmp_path / "m.csv").write_text(f"case_id,path\nA,{cohort / 'crop_a.nrrd'}\n")
     out = tmp_path / "out"
@@ -387,4 +387,4 @@ def test_refined_batch_identical_to_segment(local_ray, cohort, tmp_path):
     expected = segment_outputs(cohort / "crop_a.nrrd", tmp_path)
     np.testing.assert_array_equal(got[0], expected[0])
     assert got[1] == expected[1] and got[2] == expected[2]
-    assert got[2]["models"]["refiner"] == "litemedsam" and got[2]["nodules"]
+    assert got[2]["models"]["refiner"] == "litemedsam-nodule" and got[2]["nodules"]
