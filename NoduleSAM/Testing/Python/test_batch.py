@@ -132,7 +132,7 @@ def test_resume_key_follows_content_and_settings(series_0001, tmp_path):
     assert batch.input_sha256(batch.Case("f", str(tmp_path / "a.dcm"))) != one
     key = batch.done_key(content, DEFAULTS, False)
     assert key == batch.done_key(content, DEFAULTS, False)
-    assert key != batch.done_key(content, DEFAULTS.with_candidates(sensitivity="balanced"), False)
+    assert key != batch.done_key(content, DEFAULTS.with_candidates(sensitivity="specific"), False)
     assert key != batch.done_key(content, DEFAULTS, True)
     assert key != batch.done_key(one, DEFAULTS, False)
 
