@@ -188,8 +188,9 @@ class FalsePositiveReducer:
                 x = torch.from_numpy(np.ascontiguousarray(patches[start:start + batch], np.float32))[:, None]
                 e = torch.from_numpy(np.asarray(log_extents[start:start + batch], np.float32)).to(self.device)
                 x = x.to(self.device)
-                views = [mirror(x, axes, transpose) for axes, transpose in MIRRORS]
-                out.append(torch.stack([torch.sigmoid(self.network(v, e)) for v in views]).mean(0).cpu().numpy())
+                probabilities = [torch.sigmoid(self.network(mirror(x, axes, transpose), e))
+                                 for axes, transpose in MIRRORS]  # one flipped copy alive at a time
+                out.append(torch.stack(probabilities).mean(0).cpu().numpy())
         return np.concatenate(out)
 
     def score(self, hu: np.ndarray, spacing_zyx_mm, candidates) -> np.ndarray:
