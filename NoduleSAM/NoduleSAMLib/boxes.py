@@ -155,6 +155,16 @@ def number_candidates(candidates: list[Candidate]) -> list[Candidate]:
     return candidates
 
 
+def union_mask(candidates: list[Candidate], shape_zyx) -> np.ndarray:
+    """Bool ``[z, y, x]``: the voxels of the candidates' detector masks."""
+    union = np.zeros(shape_zyx, bool)
+    for candidate in candidates:
+        if candidate.detector_mask is not None:
+            z0, z1, y0, y1, x0, x1 = candidate.box_ijk
+            union[z0:z1, y0:y1, x0:x1] |= candidate.detector_mask
+    return union
+
+
 def in_lungs(candidates: list[Candidate], lungs: np.ndarray, min_fraction: float) -> list[Candidate]:
     """The candidates with at least ``min_fraction`` of their detector voxels inside ``lungs``
     (bool ``[z, y, x]``), renumbered."""

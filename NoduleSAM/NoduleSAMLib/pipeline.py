@@ -89,7 +89,8 @@ class Pipeline:
       candidates (in bone, soft tissue, the scan's first slices) and keeps the lesion. The flat
       filter (``min_depth_ratio``) is not applied to candidates reaching the volume's first or
       last slice, whose depth is cut off. Blob candidates (``blobs``) are added only with a
-      classifier, on whole-chest volumes, where they touch no detector component.
+      classifier, on whole-chest volumes, where they touch no detector candidate that passed
+      the filters.
     fpr: a ``fpr.FalsePositiveReducer`` (None: candidates keep the detector's score). Its nodule
       probability becomes each candidate's score and orders the list; candidates scoring below
       ``fpr_threshold`` (an operating point's threshold, ``FalsePositiveReducer.threshold``) are
@@ -136,7 +137,7 @@ class Pipeline:
             current = stages["not_flat"] = boxes_mod.round_enough(current, spacing, settings.min_depth_ratio,
                                                                   volume.hu.shape[0], volume.hu)
         if with_blobs:
-            found = blob_candidates(volume.hu, spacing, lungs, avoid=detection.mask,
+            found = blob_candidates(volume.hu, spacing, lungs, avoid=boxes_mod.union_mask(current, volume.hu.shape),
                                     pad_px=settings.pad_px)
             current = stages["with_blobs"] = current + found
         if self.fpr is not None:

@@ -39,3 +39,13 @@ def test_blobs_outside_the_lungs_or_on_a_detection_are_dropped():
     lungs[:, :, :100] = False  # the ball's side is "outside the lungs"
     assert blob_candidates(hu, SPACING, lungs) == []
     assert blob_candidates(hu, SPACING, np.ones(hu.shape, bool), avoid=ball) == []
+
+
+def test_a_blob_whose_centre_is_not_dense_is_dropped():
+    """A ball whose centre voxel is at or below MASK_HU (a ring, hollow at the peak) gives no
+    candidate rather than one whose mask is the air around it."""
+    from NoduleSAMLib import blobs
+
+    hu, ball = phantom()
+    hu[20, 99:102, 59:62] = blobs.MASK_HU - 50  # a hollow centre
+    assert blob_candidates(hu, SPACING, np.ones(hu.shape, bool)) == []

@@ -73,8 +73,11 @@ def test_classifier_orders_and_filters_real_candidates(bundled_detector, ct_0001
     assert [c.name for c in scored] == [f"Nodule {n}" for n in range(1, len(scored) + 1)]
     by_box = {c.box_ijk: c for c in before}
     assert all(c.detector_score == by_box[c.box_ijk].detector_score for c in scored)
-    # blob candidates never overlap the detector's mask
-    detector_voxels = detection.mask
+    # blob candidates never overlap a detector candidate that passed the filters
+    detector_voxels = np.zeros(ct_0001.hu.shape, bool)
+    for c in stages["not_flat"]:
+        z0, z1, y0, y1, x0, x1 = c.box_ijk
+        detector_voxels[z0:z1, y0:y1, x0:x1] |= c.detector_mask
     for c in scored:
         if c.source == "blob filter":
             z0, z1, y0, y1, x0, x1 = c.box_ijk
@@ -97,10 +100,10 @@ def test_the_score_is_the_mean_over_the_cube_mirror_images(reducer, ct_0001):
     geometries = [fpr_mod.PatchGeometry((z, 256.0, x), 12.0) for z, x in ((40, 150), (60, 360), (80, 200))]
     patches = np.stack([fpr_mod.extract_patch(ct_0001.hu, spacing, g) for g in geometries])
     extents = np.log([g.extent_mm for g in geometries])
-    scores = reducer.score_patches(patches, extents)
+    scores = reducer.score_patches(patches, extents, screen=0.0)
     assert len(fpr_mod.MIRRORS) == 16 and len(set(fpr_mod.MIRRORS)) == 16
-    mirrored = reducer.score_patches(np.ascontiguousarray(patches[:, ::-1, :, ::-1]), extents)
-    transposed = reducer.score_patches(np.ascontiguousarray(patches.transpose(0, 1, 3, 2)), extents)
+    mirrored = reducer.score_patches(np.ascontiguousarray(patches[:, ::-1, :, ::-1]), extents, screen=0.0)
+    transposed = reducer.score_patches(np.ascontiguousarray(patches.transpose(0, 1, 3, 2)), extents, screen=0.0)
     assert np.allclose(mirrored, scores, atol=1e-5) and np.allclose(transposed, scores, atol=1e-5)
     with torch.inference_mode():
         x = torch.from_numpy(patches)[:, None]
@@ -108,6 +111,14 @@ def test_the_score_is_the_mean_over_the_cube_mirror_images(reducer, ct_0001):
         each = [torch.sigmoid(reducer.network(fpr_mod.mirror(x, a, t), e)).numpy() for a, t in fpr_mod.MIRRORS]
     assert np.allclose(np.mean(each, axis=0), scores, atol=1e-5)
     assert np.ptp(np.stack(each), axis=0).max() > 0  # the network alone is not mirror-invariant
+    # screening: a cube whose first view (the cube as it is) scores below the cut keeps that
+    # view's score; the others get the 16-view mean
+    first = np.sort(each[0])
+    cut = float(first[0] + first[1]) / 2  # between two cubes' first views, away from both
+    screened = reducer.score_patches(patches, extents, screen=cut)
+    low = each[0] < cut
+    assert np.allclose(screened[low], each[0][low], atol=1e-5)
+    assert np.allclose(screened[~low], scores[~low], atol=1e-5)
 
 
 def test_openvino_and_torch_give_the_same_scores(reducer, ct_0001):
@@ -122,7 +133,8 @@ def test_openvino_and_torch_give_the_same_scores(reducer, ct_0001):
                   ((40, 256, 150, 12.0), (60, 300, 360, 30.0), (80, 200, 200, 6.0), (100, 250, 120, 60.0))]
     patches = np.stack([fpr_mod.extract_patch(ct_0001.hu, spacing, g) for g in geometries])
     extents = np.log([g.extent_mm for g in geometries])
-    compiled, plain = reducer.score_patches(patches, extents, batch=3), torch_reducer.score_patches(patches, extents)
+    compiled = reducer.score_patches(patches, extents, batch=3, screen=0.0)
+    plain = torch_reducer.score_patches(patches, extents, screen=0.0)
     assert np.allclose(compiled, plain, atol=1e-5), (compiled, plain)
     assert np.ptp(plain) > 0.01  # different cubes, different scores
     with pytest.raises(NoduleSAMError, match="unknown classifier backend"):
