@@ -21,7 +21,8 @@ the GTV-1 tumours of the NSCLC-Radiomics scans. No model here trained on any of 
 refiner is the stock LiteMedSAM, and the settings were chosen on the `test` VOIs listed in
 BENCHMARKS.md (so those numbers are not held out: see its notes).
 
-Timing: a new box on a fresh cache, and an edit (the same box moved by 1 px in-plane), per case.
+Timing: a new box on a fresh cache (no embedding, no decoded box), and an edit (the same box moved
+by 1 px in-plane, ``edit_same_crop`` when that keeps the snapped crop), per case.
 Writes JSON and prints a Markdown table.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -121,13 +123,16 @@ def run_case(refiner, hu, truth, spacing, key) -> tuple[dict, dict]:
                "click 2 mm off": box_from_click(hu, spacing, off, threshold)}
     scores = {}
     for name, box in prompts.items():
-        refiner._cache.clear()
+        refiner.clear_cache()
         start = time.perf_counter()
         scores[name] = dice(refined(box), truth)
         if name == "tight box":
             new_s = time.perf_counter() - start
+            moved = box[:4] + (box[4] + 1, box[5] + 1)  # moved 1 px along x
+            same_crop = refiner.crop_for([box[4], box[2], box[5] - 1, box[3] - 1]) == \
+                refiner.crop_for([moved[4], moved[2], moved[5] - 1, moved[3] - 1])
             start = time.perf_counter()
-            refined(box[:4] + (box[4] + 1, box[5] + 1))  # moved 1 px along x
+            refined(moved)
             edit_s = time.perf_counter() - start
     crop = refiner.crop_for([tight[4], tight[2], tight[5] - 1, tight[3] - 1])
     oracle = np.zeros_like(truth)
@@ -135,7 +140,8 @@ def run_case(refiner, hu, truth, spacing, key) -> tuple[dict, dict]:
         box = expand_box2d(box2d_of_mask(truth[z]), 0.0, 2.0)
         oracle[z] = refiner.logits(hu[z], box, (key, z), crop) > 0
     scores["oracle"] = dice(oracle, truth)
-    return scores, {"new_box_s": new_s, "edit_s": edit_s, "slices": int(tight[1] - tight[0])}
+    return scores, {"new_box_s": new_s, "edit_s": edit_s, "edit_same_crop": bool(same_crop),
+                    "slices": int(tight[1] - tight[0])}
 
 
 def main() -> None:
@@ -167,6 +173,8 @@ def main() -> None:
     if args.scans:
         groups["full scans"] = scan_cases(args.lidc_dir)
     results = {}
+    load_start = os.getloadavg()
+    print(f"load average at the start: {load_start}", flush=True)
     for group, cases in groups.items():
         for name, hu, truth, spacing in cases:
             scores, times = run_case(refiner, hu, truth, spacing, name)
@@ -177,8 +185,9 @@ def main() -> None:
     out.write_text(json.dumps({"split": args.split, "step": args.step, "offset": args.offset,
                                "limit": args.limit,
                                "encoder": refiner.encoder_name, "refiner": args.refiner,
+                               "load_average_start": load_start, "load_average_end": os.getloadavg(),
                                "cases": results}, indent=1))
-    columns = [k for k in next(iter(results.values())) if k not in ("group", "new_box_s", "edit_s", "slices")]
+    columns = [k for k in next(iter(results.values())) if k not in ("group", "new_box_s", "edit_s", "edit_same_crop", "slices")]
     print("\n| data | cases | " + " | ".join(columns) + " | new box s (per slice) | edit s |")
     print("|---" * (len(columns) + 4) + "|")
     for group in groups:
@@ -189,6 +198,12 @@ def main() -> None:
         print(f"| {group} | {len(rows)} | " + " | ".join(f"{np.mean([r[c] for r in rows]):.3f}" for c in columns)
               + f" | {np.mean([r['new_box_s'] for r in rows]):.1f} ({per_slice:.2f}) | "
               f"{np.mean([r['edit_s'] for r in rows]):.2f} |")
+        for same in (True, False):
+            edits = [r["edit_s"] for r in rows if r["edit_same_crop"] == same]
+            if edits:
+                print(f"{group}: {len(edits)} edits {'within' if same else 'crossing'} the crop grid: "
+                      f"mean {np.mean(edits):.2f} s, median {np.median(edits):.2f} s, max {np.max(edits):.2f} s")
+    print(f"load average at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

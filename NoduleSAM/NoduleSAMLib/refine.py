@@ -33,45 +33,153 @@ def detector_sam_vote(prior: np.ndarray, logits: np.ndarray, detector_weight: fl
 
 
 
+def _weights_digest(*modules) -> str:
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=10)
+    for module in modules:
+        for tensor in module.state_dict().values():
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _openvino_model(path, convert):
+    """The OpenVINO model saved at ``path``, else ``convert()``'s, saved there (fp32 weights)."""
+    import openvino as ov
+
+    core = ov.Core()
+    if path.is_file():
+        return core, core.read_model(str(path))
+    model = convert()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return core, model
+
+
 class OpenVINOEncoder:
-    """A SAM image encoder compiled by OpenVINO for the CPU (``pip install openvino``): the same
-    embeddings as torch (within 1e-5) in about 20 % less time on 2 cores (BENCHMARKS.md,
-    ``benchmarks/encoder_backends.py``). The converted model is cached under
-    ``models.cache_dir()/openvino``, keyed by a hash of the encoder's weights."""
+    """A SAM image encoder compiled by OpenVINO for the CPU (``pip install openvino``).
 
-    def __init__(self, encoder, side: int, threads: int | None = None):
-        import hashlib
+    precision: OpenVINO's ``INFERENCE_PRECISION_HINT``. ``f32`` gives torch's embeddings within
+    1e-5 in less time (BENCHMARKS.md, ``benchmarks/encoder_backends.py``); ``bf16`` was faster
+    still on a CPU with bf16 instructions but moved some masks by more than Dice 0.01, so the
+    engine uses f32. The converted model is cached under ``models.cache_dir()/openvino``, keyed
+    by a hash of the encoder's weights, OpenVINO's version and the precision."""
 
+    def __init__(self, encoder, side: int, threads: int | None = None, precision: str = "f32"):
         import openvino as ov
         import torch
 
         from .models import cache_dir
 
-        digest = hashlib.blake2b(digest_size=10)
-        for tensor in encoder.state_dict().values():
-            digest.update(tensor.detach().cpu().numpy().tobytes())
-        path = cache_dir() / "openvino" / f"encoder-{side}-{digest.hexdigest()}-ov{ov.__version__.split('-')[0]}.xml"
-        core = ov.Core()
-        if path.is_file():
-            model = core.read_model(str(path))
-        else:
+        def convert():
             with torch.inference_mode():
-                model = ov.convert_model(encoder, example_input=torch.zeros(1, 3, side, side))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ov.save_model(model, str(path), compress_to_fp16=False)
-        threads = threads or torch.get_num_threads()
-        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
+                return ov.convert_model(encoder, example_input=torch.zeros(1, 3, side, side))
+
+        version = ov.__version__.split("-")[0]
+        self.path = cache_dir() / "openvino" / f"encoder-{side}-{_weights_digest(encoder)}-ov{version}-{precision}.xml"
+        core, model = _openvino_model(self.path, convert)
+        self.threads = threads or torch.get_num_threads()
+        self.precision = precision
+        self.core, self.model = core, model
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads,
+                                                          "INFERENCE_PRECISION_HINT": precision})
+        self._queue = None
 
     def __call__(self, tensor):
         import torch
 
         return torch.from_numpy(self.compiled(tensor.detach().cpu().numpy())[0].copy())
 
+    def many(self, tensors) -> list:
+        """The embeddings of several crops, as concurrent requests on OpenVINO's THROUGHPUT
+        configuration (one stream per core; compiled on first use): a third less time per crop
+        than one at a time on 2 busy cores (``benchmarks/encoder_backends.py``)."""
+        import openvino as ov
+        import torch
+
+        if self._queue is None:
+            compiled = self.core.compile_model(self.model, "CPU", {
+                "INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": self.precision,
+                "PERFORMANCE_HINT": "THROUGHPUT"})
+            self._queue = ov.AsyncInferQueue(compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        out = [None] * len(tensors)
+
+        def done(request, i):
+            out[i] = torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+        self._queue.set_callback(done)
+        for i, tensor in enumerate(tensors):
+            self._queue.start_async(tensor.detach().cpu().numpy(), i)
+        self._queue.wait_all()
+        return out
+
+
+def prompt_decoder(sam):
+    """SAM's prompt encoder and mask decoder for one box as one module: (embedding (1, 256, 64,
+    64), box (1, 4) in model-input pixels) -> low-resolution mask logits (1, 1, 64, 64), as
+    ``SamPredictor.predict_torch`` computes them with ``multimask_output=False``."""
+    import torch
+
+    class PromptDecoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
+
+        def forward(self, embedding, box):
+            sparse, dense = self.prompt_encoder(points=None, boxes=box, masks=None)
+            low, _ = self.mask_decoder(image_embeddings=embedding,
+                                       image_pe=self.prompt_encoder.get_dense_pe(),
+                                       sparse_prompt_embeddings=sparse,
+                                       dense_prompt_embeddings=dense, multimask_output=False)
+            return low
+
+    return PromptDecoder().eval()
+
+
+def openvino_decoder_model(sam):
+    """``prompt_decoder(sam)`` converted by OpenVINO (cached like the encoder's model)."""
+    import openvino as ov
+    import torch
+
+    from .models import cache_dir
+
+    module = prompt_decoder(sam)
+    grid = sam.prompt_encoder.image_embedding_size
+
+    def convert():
+        with torch.inference_mode():
+            return ov.convert_model(module, example_input=(
+                torch.zeros(1, sam.prompt_encoder.embed_dim, *grid), torch.tensor([[8.0, 8.0, 40.0, 40.0]])))
+
+    digest = _weights_digest(sam.prompt_encoder, sam.mask_decoder)
+    path = cache_dir() / "openvino" / f"decoder-{digest}-ov{ov.__version__.split('-')[0]}-f32.xml"
+    return _openvino_model(path, convert)[1]
+
+
+class OpenVINODecoder:
+    """``prompt_decoder`` compiled by OpenVINO in f32: the same logits as torch within 1e-4, several
+    times faster per box on 2 busy cores (``benchmarks/encoder_backends.py``)."""
+
+    def __init__(self, sam, threads: int | None = None):
+        import openvino as ov
+        import torch
+
+        threads = threads or torch.get_num_threads()
+        self.compiled = ov.Core().compile_model(openvino_decoder_model(sam), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+
+    def __call__(self, embedding, box):
+        import torch
+
+        return torch.from_numpy(self.compiled([embedding.detach().cpu().numpy(), box.numpy()])[0].copy())
+
 
 def image_encoder(sam, name: str):
     """The encoder backend ``name`` (``ENCODERS``) for ``sam``: None means torch's own.
-    ``auto`` takes OpenVINO on a CPU where it is installed, else torch."""
+
+    ``auto`` takes OpenVINO (f32) on a CPU where it is installed, else torch. OpenVINO's bf16
+    and an INT8 quantization were faster but their masks fell below Dice 0.99 against torch's
+    on some slices (BENCHMARKS.md, "Encoder backends"), so they are not offered."""
     if name not in ENCODERS:
         raise NoduleSAMError(f"unknown encoder backend '{name}'; choose one of {', '.join(ENCODERS)}")
     on_cpu = next(sam.parameters()).device.type == "cpu"
@@ -92,25 +200,36 @@ class BoxRefiner:
     """SAM box prompts on cached crop embeddings.
 
     sam: a ``segment_anything.modeling.Sam`` (see ``models.build_sam``).
-    bf16: run the image encoder under bfloat16 autocast (for GPUs and CPUs with bf16
+    bf16: run the torch image encoder under bfloat16 autocast (for GPUs and CPUs with bf16
       instructions; on a CPU without them it was 20x slower, see BENCHMARKS.md).
     cache_size: how many crop embeddings to keep (each about 4 MB).
     encoder: the image encoder's backend, ``auto`` (OpenVINO on a CPU where installed),
-      ``torch`` or ``openvino`` (``image_encoder``).
+      ``torch`` or ``openvino`` (``image_encoder``). With OpenVINO the prompt encoder and mask
+      decoder run on OpenVINO too (``OpenVINODecoder``), and the slices a new box will surely
+      prompt are embedded together (``_prefetch``).
+    decoder_cache_mb: how much of the decoder's output (logits per embedding and exact box) to
+      keep, so that an edit re-runs the decoder only for the prompts that changed.
     """
 
     def __init__(self, sam, settings: RefineSettings | None = None, bf16: bool = False,
-                 cache_size: int = 128, encoder: str = "torch"):
+                 cache_size: int = 128, encoder: str = "torch", decoder_cache_mb: float = 256):
         self.sam = sam
         self.settings = settings or RefineSettings()
         self.bf16 = bf16
         self.cache_size = cache_size
+        self.decoder_cache_mb = decoder_cache_mb
         self.device = next(sam.parameters()).device
         self.encoder = image_encoder(sam, encoder)
-        self.encoder_name = "torch" if self.encoder is None else "openvino"
+        if self.encoder is None:
+            self.encoder_name, self.decoder = "torch", None
+        else:
+            self.encoder_name = "openvino"
+            self.decoder = OpenVINODecoder(sam)
         self._cache: OrderedDict[tuple, object] = OrderedDict()
+        self._decoded: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (embedding key, box) -> logits
+        self._decoded_bytes = 0
         self.encoder_calls = 0
-        self.decoder_calls = 0
+        self.decoder_calls = 0  # decoder runs; a box answered from the decoder cache is not one
 
     def crop_for(self, box_xyxy) -> Crop2D:
         """The crop for a prompt or candidate box: a pure function of the box (never of what was
@@ -120,10 +239,19 @@ class BoxRefiner:
         s = self.settings
         return Crop2D.around_snapped(box_xyxy, s.crop_margin_px, s.min_crop_px, s.crop_grid_px)
 
+    def clear_cache(self) -> None:
+        """Forget every embedding and decoded box (the next refinement starts cold)."""
+        self._cache.clear()
+        self._decoded.clear()
+        self._decoded_bytes = 0
+
+    def _key(self, image_key, crop: Crop2D) -> tuple:
+        return (image_key, crop, tuple(self.settings.window_hu))  # the window changes the pixels
+
     def _predictor(self, image2d_hu: np.ndarray, crop: Crop2D, image_key):
         """The crop's embedding (a ``SamPredictor``), from the cache when this exact crop of this
         image was embedded before."""
-        key = (image_key, crop, tuple(self.settings.window_hu))  # the window changes the pixels
+        key = self._key(image_key, crop)
         predictor = self._cache.get(key)
         if predictor is None:
             predictor = self._cache[key] = self._embed(image2d_hu, crop)
@@ -133,9 +261,26 @@ class BoxRefiner:
             self._cache.move_to_end(key)
         return predictor
 
-    def _embed(self, image2d_hu: np.ndarray, crop: Crop2D):
+    def _prefetch(self, hu: np.ndarray, zs, crop: Crop2D, volume_key) -> None:
+        """Embed the slices ``zs`` of ``hu`` on ``crop`` that are not cached, together
+        (``OpenVINOEncoder.many``), before they are prompted one by one. Only with OpenVINO:
+        torch was slower batched (BENCHMARKS.md)."""
+        if self.encoder is None or not hasattr(self.encoder, "many"):
+            return
+        keys = {z: self._key((volume_key, z), crop) for z in zs}
+        todo = [z for z in zs if keys[z] not in self._cache][:self.cache_size]
+        if len(todo) < 2:
+            return
+        tensors = [self.sam.preprocess(self._pixels(hu[z], crop)) for z in todo]
+        for z, features in zip(todo, self.encoder.many(tensors)):
+            self._cache[keys[z]] = self._predictor_of(features, crop)
+            self.encoder_calls += 1
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _pixels(self, image2d_hu: np.ndarray, crop: Crop2D):
+        """The crop as the encoder's input before normalisation: (1, 3, side, side), 0-255."""
         import torch
-        from segment_anything import SamPredictor
 
         lo, hi = self.settings.window_hu
         pixels = np.clip((crop.extract(image2d_hu, AIR_HU) - lo) / (hi - lo), 0, 1) * 255.0
@@ -143,13 +288,29 @@ class BoxRefiner:
         # Area interpolation, as LiteMedSAM's own pre-processing (better than bilinear here).
         resized = cv2.resize(pixels.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
         tensor = torch.from_numpy(np.repeat(resized[None, None], 3, axis=1)).to(self.device)
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor.contiguous(memory_format=torch.channels_last)
+
+    def _predictor_of(self, features, crop: Crop2D):
+        """A ``SamPredictor`` holding the embedding ``features`` of ``crop``: what
+        ``set_torch_image`` leaves, with another backend's encoder."""
+        from segment_anything import SamPredictor
+
+        side = self.sam.image_encoder.img_size
         predictor = SamPredictor(self.sam)
-        if self.encoder is not None:  # what set_torch_image does, with the other backend
-            predictor.original_size, predictor.input_size = (crop.size, crop.size), (side, side)
-            predictor.features = self.encoder(self.sam.preprocess(tensor))
-            predictor.is_image_set = True
+        predictor.original_size, predictor.input_size = (crop.size, crop.size), (side, side)
+        predictor.features = features.float()
+        predictor.is_image_set = True
+        return predictor
+
+    def _embed(self, image2d_hu: np.ndarray, crop: Crop2D):
+        import torch
+        from segment_anything import SamPredictor
+
+        tensor = self._pixels(image2d_hu, crop)
+        if self.encoder is not None:
+            predictor = self._predictor_of(self.encoder(self.sam.preprocess(tensor)), crop)
         else:
+            predictor = SamPredictor(self.sam)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 predictor.set_torch_image(tensor, (crop.size, crop.size))
         predictor.features = predictor.features.float()
@@ -165,10 +326,39 @@ class BoxRefiner:
         """
         crop = self.crop_for(box_xyxy) if crop is None else crop
         predictor = self._predictor(image2d_hu, crop, image_key)
-        logits, _, _ = predictor.predict(box=crop.box_to_crop(box_xyxy), multimask_output=False,
-                                         return_logits=True)
+        logits = self._decode(predictor, crop.box_to_crop(box_xyxy), self._key(image_key, crop))
+        return crop.paste(logits, image2d_hu.shape, OUTSIDE_LOGIT)
+
+    def _decode(self, predictor, box_in_crop: np.ndarray, key=None) -> np.ndarray:
+        """The crop's logits (float32, read-only) for a box in crop pixels: what
+        ``SamPredictor.predict`` gives (``multimask_output=False``). With the embedding's cache
+        ``key``, kept for the next time this box is prompted on this embedding."""
+        import torch
+
+        memo_key = None if key is None else (key, tuple(float(v) for v in box_in_crop))
+        logits = self._decoded.get(memo_key) if memo_key is not None else None
+        if logits is not None:
+            self._decoded.move_to_end(memo_key)
+            return logits
+        box = torch.as_tensor(predictor.transform.apply_boxes(np.asarray(box_in_crop, float),
+                                                              predictor.original_size),
+                              dtype=torch.float, device=self.device)[None, :]
+        with torch.inference_mode():
+            if self.decoder is None:
+                _, _, low = predictor.predict_torch(None, None, boxes=box, multimask_output=False,
+                                                    return_logits=True)
+            else:
+                low = self.decoder(predictor.features, box.reshape(1, 4))
+            masks = self.sam.postprocess_masks(low, predictor.input_size, predictor.original_size)
         self.decoder_calls += 1
-        return crop.paste(logits[0].astype(np.float32), image2d_hu.shape, OUTSIDE_LOGIT)
+        logits = masks[0, 0].detach().cpu().numpy().astype(np.float32)
+        logits.flags.writeable = False
+        if memo_key is not None and self.decoder_cache_mb > 0:
+            self._decoded[memo_key] = logits
+            self._decoded_bytes += logits.nbytes
+            while self._decoded_bytes > self.decoder_cache_mb * 2**20:
+                self._decoded_bytes -= self._decoded.popitem(last=False)[1].nbytes
+        return logits
 
     def segment(self, image2d_hu: np.ndarray, box_xyxy, image_key) -> np.ndarray:
         """The mask (bool, full slice size) SAM draws for ``box_xyxy`` (slice pixels, inclusive)."""
@@ -246,12 +436,15 @@ class BoxRefiner:
             return mask
 
         seed = solid_seed(sub, s.seed_hu)
+        centre = (len(sub) - 1) // 2
+        # the slices prompted whatever SAM answers: the dense core's and the centre
+        known = sorted(set(np.flatnonzero(seed.any(axis=(1, 2))).tolist()) | {centre})
+        self._prefetch(hu, [z0 + dz for dz in known], crop, volume_key)
         from_seed = np.zeros_like(seed)
         for dz in np.flatnonzero(seed.any(axis=(1, 2))):
             from_seed[dz] = sam(dz, padded(seed[dz]))
             on_slice()
         propagated = np.zeros_like(seed)
-        centre = (len(sub) - 1) // 2
         propagated[centre] = settled(centre, np.array([x0, y0, x1 - 1, y1 - 1], float), s.start_iterations)
         on_slice()
         for step in (1, -1):
