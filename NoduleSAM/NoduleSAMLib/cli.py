@@ -53,9 +53,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refine", action="store_true", help="keep the detector's masks")
     parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
     parser.add_argument("--encoder", default=DEFAULTS.encoder, choices=ENCODERS,
-                        help="the refiner's image encoder backend: auto takes OpenVINO on a CPU "
-                             "where it is installed (pip install openvino; the same masks, "
-                             "about 20 %% faster), else torch (default: %(default)s)")
+                        help="the refiner's backend: auto takes OpenVINO on a CPU where it is "
+                             "installed (pip install openvino; the same masks in less time), else "
+                             "torch (default: %(default)s)")
     parser.add_argument("--bf16", action="store_true",
                         help="bfloat16 autocast for the refiner's image encoder: for GPUs and CPUs "
                              "with bf16 instructions; far slower on CPUs without (BENCHMARKS.md)")
