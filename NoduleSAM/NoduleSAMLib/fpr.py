@@ -19,14 +19,13 @@ point, keeps that view's score); on the ``val`` FROC of the held-out scans this 
 from 0.665 (8 flips) and 0.60-0.64 (one view) to 0.684 (BENCHMARKS.md).
 
 On a CPU with OpenVINO installed (``pip install "nodulesam[fast]"``) the network runs compiled
-by OpenVINO: the same probabilities (within 1e-6) in about a fifth of torch's time, which
-matters since every candidate is scored 16 times (``backend``; BENCHMARKS.md).
+by OpenVINO: the same probabilities (within 1e-5) in about a fifth of torch's time, which
+matters with several hundred candidates per CT (``backend``; BENCHMARKS.md).
 """
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NoduleSAMError
+from .openvino_backend import cached_model, use_openvino
 from .settings import SENSITIVITIES, CandidateSettings
 
 PATCH = 32
@@ -48,8 +48,8 @@ MIRRORS = [(axes, transpose) for n in range(4) for axes in itertools.combination
 # scan) with half its false alarms, so it is the default (BENCHMARKS.md says how it was chosen).
 DEFAULT_SENSITIVITY = CandidateSettings.sensitivity
 # Cubes whose first view scores below this keep that score and are not scored 16 times: on the
-# val FROC of the held-out scans this left the CPM and every sensitivity unchanged (0.707) while
-# 70 % of the candidates, mostly vessel points of the blob filter, needed one view instead of 16.
+# val FROC of the held-out scans it left the CPM of the bundled classifier at 0.769-0.770 while
+# 93 % of the candidates, mostly vessel points of the blob filter, needed one view instead of 16.
 SCREEN_BELOW = 0.2
 
 
@@ -158,23 +158,14 @@ class OpenVINONetwork:
 
         from .models import cache_dir
 
-        core = ov.Core()
-        path = cache_dir() / "openvino" / f"fpr-{key[:16]}-ov{ov.__version__.split('-')[0]}.xml"
-        if path.is_file():
-            model = core.read_model(str(path))
-        else:
+        def convert():
             example = (torch.zeros(1, 1, PATCH, PATCH, PATCH), torch.zeros(1))
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit's deprecation notices, from the converter
-                model = ov.convert_model(network, example_input=example)  # the batch stays dynamic
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.xml")
-                ov.save_model(model, str(partial), compress_to_fp16=False)
-                partial.with_suffix(".bin").replace(path.with_suffix(".bin"))
-                partial.replace(path)  # the .xml last: a reader never finds one without its .bin
-            except OSError:
-                pass  # an unwritable cache only costs the conversion next time
+                return ov.convert_model(network, example_input=example)  # the batch stays dynamic
+
+        path = cache_dir() / "openvino" / f"fpr-{key[:16]}-ov{ov.__version__.split('-')[0]}.xml"
+        core, model = cached_model(path, convert)
         self.compiled = core.compile_model(model, "CPU", {
             "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"})
 
@@ -230,18 +221,8 @@ class FalsePositiveReducer:
 
     def _compiled(self, backend: str):
         """The OpenVINO network for ``backend``, or None for torch's own."""
-        if backend not in BACKENDS:
-            raise NoduleSAMError(f"unknown classifier backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-        if backend == "torch" or (backend == "auto" and self.device.type != "cpu"):
+        if not use_openvino(backend, BACKENDS, self.device.type == "cpu", "classifier"):
             return None
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            if backend == "auto":
-                return None
-            raise NoduleSAMError("classifier backend 'openvino' needs OpenVINO: pip install openvino") from None
-        if self.device.type != "cpu":
-            raise NoduleSAMError("classifier backend 'openvino' runs on the CPU only: use --device cpu")
         return OpenVINONetwork(self.network, self.card["sha256"][self.card["checkpoint"]])
 
     def threshold(self, sensitivity: str) -> float:

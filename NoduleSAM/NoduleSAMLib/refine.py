@@ -15,6 +15,7 @@ from scipy.special import expit
 from .boxes import Candidate
 from .errors import NoduleSAMError
 from .geometry import Crop2D, box2d_of_mask, expand_box2d
+from .openvino_backend import cached_model, use_openvino
 from .prompts import solid_seed
 from .settings import ENCODERS, RefineSettings  # noqa: F401  (RefineSettings: re-exported)
 
@@ -43,19 +44,6 @@ def _weights_digest(*modules) -> str:
     return digest.hexdigest()
 
 
-def _openvino_model(path, convert):
-    """The OpenVINO model saved at ``path``, else ``convert()``'s, saved there (fp32 weights)."""
-    import openvino as ov
-
-    core = ov.Core()
-    if path.is_file():
-        return core, core.read_model(str(path))
-    model = convert()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(path), compress_to_fp16=False)
-    return core, model
-
-
 class OpenVINOEncoder:
     """A SAM image encoder compiled by OpenVINO for the CPU (``pip install openvino``).
 
@@ -77,7 +65,7 @@ class OpenVINOEncoder:
 
         version = ov.__version__.split("-")[0]
         self.path = cache_dir() / "openvino" / f"encoder-{side}-{_weights_digest(encoder)}-ov{version}-{precision}.xml"
-        core, model = _openvino_model(self.path, convert)
+        core, model = cached_model(self.path, convert)
         self.threads = threads or torch.get_num_threads()
         self.precision = precision
         self.core, self.model = core, model
@@ -153,7 +141,7 @@ def openvino_decoder_model(sam):
 
     digest = _weights_digest(sam.prompt_encoder, sam.mask_decoder)
     path = cache_dir() / "openvino" / f"decoder-{digest}-ov{ov.__version__.split('-')[0]}-f32.xml"
-    return _openvino_model(path, convert)[1]
+    return cached_model(path, convert)[1]
 
 
 class OpenVINODecoder:
@@ -180,19 +168,8 @@ def image_encoder(sam, name: str):
     ``auto`` takes OpenVINO (f32) on a CPU where it is installed, else torch. OpenVINO's bf16
     and an INT8 quantization were faster but their masks fell below Dice 0.99 against torch's
     on some slices (BENCHMARKS.md, "Encoder backends"), so they are not offered."""
-    if name not in ENCODERS:
-        raise NoduleSAMError(f"unknown encoder backend '{name}'; choose one of {', '.join(ENCODERS)}")
-    on_cpu = next(sam.parameters()).device.type == "cpu"
-    if name == "torch" or (name == "auto" and not on_cpu):
+    if not use_openvino(name, ENCODERS, next(sam.parameters()).device.type == "cpu", "encoder"):
         return None
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        if name == "auto":
-            return None
-        raise NoduleSAMError("encoder 'openvino' needs OpenVINO: pip install openvino") from None
-    if not on_cpu:
-        raise NoduleSAMError("encoder 'openvino' runs on the CPU only: use --device cpu")
     return OpenVINOEncoder(sam.image_encoder, sam.image_encoder.img_size)
 
 

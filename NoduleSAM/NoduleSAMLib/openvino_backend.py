@@ -1,0 +1,47 @@
+"""OpenVINO on the CPU, shared by the refiner (``refine.py``) and the candidate classifier
+(``fpr.py``): which backend a user's choice means, and converted models cached on disk."""
+from __future__ import annotations
+
+import os
+
+from .errors import NoduleSAMError
+
+
+def use_openvino(name: str, choices, on_cpu: bool, what: str) -> bool:
+    """Whether backend ``name`` (one of ``choices``: ``auto``, ``torch``, ``openvino``, ...)
+    runs on OpenVINO. ``auto`` takes it on a CPU where it is installed; ``openvino`` without it,
+    or off the CPU, is a clear error. ``what`` names the part in messages (``encoder``)."""
+    if name not in choices:
+        raise NoduleSAMError(f"unknown {what} backend '{name}'; choose one of {', '.join(choices)}")
+    if name == "torch" or (name == "auto" and not on_cpu):
+        return False
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        if name == "auto":
+            return False
+        raise NoduleSAMError(f"{what} 'openvino' needs OpenVINO: pip install openvino") from None
+    if not on_cpu:
+        raise NoduleSAMError(f"{what} 'openvino' runs on the CPU only: use --device cpu")
+    return True
+
+
+def cached_model(path, convert):
+    """``(core, model)``: the OpenVINO model saved at ``path`` (an ``.xml``), else ``convert()``'s,
+    saved there with fp32 weights. The ``.bin`` is written before the ``.xml``, so a reader never
+    finds one without the other; an unwritable cache only costs the conversion next time."""
+    import openvino as ov
+
+    core = ov.Core()
+    if path.is_file():
+        return core, core.read_model(str(path))
+    model = convert()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.xml")
+        ov.save_model(model, str(partial), compress_to_fp16=False)
+        partial.with_suffix(".bin").replace(path.with_suffix(".bin"))
+        partial.replace(path)
+    except OSError:
+        pass
+    return core, model
