@@ -121,6 +121,11 @@ def measure_nodule(volume: CTVolume, mask: np.ndarray) -> dict:
         return out | {"long_axis_mm": 0.0, "short_axis_mm": 0.0, "mean_diameter_mm": 0.0,
                       "mean_hu": None, "centroid_ras_mm": None, "centroid_lps_mm": None,
                       "long_axis_slice": None, "components": 0}
+    # everything below reads only the mask's bounding box: a whole CT is 100x a nodule's box
+    box = tuple(slice(int(kept[0]), int(kept[-1]) + 1) for kept in
+                (np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)))
+    corner = np.array([b.start for b in box])
+    mask = mask[box]
     labels, components = ndimage.label(mask, structure=FULL_3D)
     main = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
     region = ndimage.find_objects(main.astype(np.uint8))[0]
@@ -129,13 +134,13 @@ def measure_nodule(volume: CTVolume, mask: np.ndarray) -> dict:
     axes = {z: _long_axis(part, spacing[1:]) for z, part in parts.items()}
     z = max(axes, key=lambda k: axes[k][0])
     long_mm, direction = axes[z]
-    best = (long_mm, _longest_chord(parts[z], spacing[1:], direction), int(z))
-    centroid_zyx = np.argwhere(mask).mean(axis=0)
+    best = (long_mm, _longest_chord(parts[z], spacing[1:], direction), int(z + corner[0]))
+    centroid_zyx = np.argwhere(mask).mean(axis=0) + corner
     return out | {
         "long_axis_mm": best[0], "short_axis_mm": best[1],
         "mean_diameter_mm": (best[0] + best[1]) / 2, "long_axis_slice": best[2],
         "components": int(components),
-        "mean_hu": float(volume.hu[mask].mean()),
+        "mean_hu": float(volume.hu[box][mask].mean()),
         "centroid_ras_mm": volume.zyx_to_ras(centroid_zyx).tolist(),
         "centroid_lps_mm": volume.zyx_to_lps(centroid_zyx).tolist(),
     }

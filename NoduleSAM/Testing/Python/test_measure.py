@@ -93,3 +93,20 @@ def test_overview_shows_the_long_axis_slice_even_when_it_is_slice_0():
     empty = Nodule(Candidate("Nodule 2", (0, 3, 0, 20, 0, 20)), np.zeros_like(mask),
                    measure_nodule(volume, np.zeros_like(mask)))
     assert overview_slice(empty) == 1
+
+
+def test_a_nodule_in_a_whole_ct_measures_as_in_its_own_crop(ct_0001, reference_0001):
+    """LIDC-IDRI-0001's consensus nodule measured in the whole CT (where only its bounding box
+    is read) and in a crop around it: the same sizes, and positions in the whole CT's frame."""
+    mask = reference_0001 > 0
+    whole = measure_nodule(ct_0001, mask)
+    zs, ys, xs = (np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3))
+    region = (slice(zs[0] - 2, zs[-1] + 3), slice(ys[0] - 5, ys[-1] + 6), slice(xs[0] - 5, xs[-1] + 6))
+    crop = CTVolume(ct_0001.hu[region], ct_0001.ijk_to_ras, "crop")  # the crop's own frame
+    alone = measure_nodule(crop, mask[region])
+    for key in ("voxels", "volume_mm3", "long_axis_mm", "short_axis_mm", "components", "mean_hu"):
+        assert whole[key] == pytest.approx(alone[key])
+    assert whole["long_axis_slice"] == alone["long_axis_slice"] + region[0].start
+    centroid = np.argwhere(mask).mean(axis=0)
+    assert whole["centroid_ras_mm"] == pytest.approx(ct_0001.zyx_to_ras(centroid).tolist())
+    assert whole["mean_hu"] == pytest.approx(float(ct_0001.hu[mask].mean()), rel=1e-5)
