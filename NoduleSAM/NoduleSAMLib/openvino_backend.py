@@ -1,5 +1,6 @@
-"""OpenVINO on the CPU, shared by the refiner (``refine.py``) and the candidate classifier
-(``fpr.py``): which backend a user's choice means, and converted models cached on disk."""
+"""OpenVINO on the CPU, shared by the refiner (``refine.py``), the candidate classifier
+(``fpr.py``) and the detector (``detect.py``): which backend a user's choice means, and converted
+models cached on disk."""
 from __future__ import annotations
 
 import os
@@ -45,3 +46,15 @@ def cached_model(path, convert):
     except OSError:
         pass
     return core, model
+
+
+def weights_digest(*states) -> str:
+    """A short hash of the tensors of state dicts: the cache key of a converted network."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=10)
+    for state in states:
+        for name, tensor in state.items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,7 +1,8 @@
 """Detector outputs cached on disk, so that every FROC row and filter reuses one detector run.
 
-The key is the detector folder's checkpoint hashes and a fingerprint of the CT's voxels, so a
-changed model or a changed (e.g. pasted) volume is never served a stale probability.
+The key is the detector folder's checkpoint hashes, the rule for the part of a CT the detector
+sees (``detect.REGION_RULE``) and a fingerprint of the CT's voxels, so a changed model, rule or
+(e.g. pasted) volume is never served a stale probability.
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ def detector_key(folder: Path) -> str:
     """A short hash of a detector folder's pinned checkpoints (or of its checkpoint files)."""
     folder = Path(folder)
     card = folder / "model.json"
+    from NoduleSAMLib.detect import REGION_RULE
+
     digest = hashlib.blake2b(digest_size=8)
+    digest.update(REGION_RULE.encode())
     if card.is_file():
         digest.update(json.dumps(json.loads(card.read_text()).get("sha256", {}), sort_keys=True).encode())
     for path in sorted(folder.glob("fold_*/*.pth")):

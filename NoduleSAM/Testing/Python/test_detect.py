@@ -248,3 +248,61 @@ def test_in_distribution_bundled_detector_on_a_whole_ct_and_the_flat_filter(
     assert flat and not any(hits(c) for c in flat)
     kept_boxes = {c.box_ijk for c in filtered}
     assert not kept_boxes & {c.box_ijk for c in flat}
+
+
+def test_the_detector_sees_the_lung_field_and_nothing_else_of_a_whole_ct(bundled_detector, ct_0001):
+    """On a whole chest CT the network runs on the lung field's slices (+ 10 mm) only; in-plane,
+    LIDC-IDRI-0001's 360 mm field of view is narrower than one 374 mm tile, so it keeps all of
+    each slice. (In-distribution scan: plumbing, not accuracy.)"""
+    from NoduleSAMLib.detect import LUNG_MARGIN_MM, detection_region
+    from NoduleSAMLib.lungs import lung_mask
+
+    spacing = ct_0001.spacing_zyx_mm
+    zs, ys, xs = detection_region(ct_0001.hu, spacing, bundled_detector.detector.tile_mm)
+    assert (ys, xs) == (slice(0, 512), slice(0, 512))
+    with_lungs = np.nonzero(lung_mask(ct_0001.hu, spacing).any(axis=(1, 2)))[0]
+    margin = int(np.ceil(LUNG_MARGIN_MM / spacing[0]))
+    assert zs == slice(max(0, with_lungs[0] - margin), min(133, with_lungs[-1] + 1 + margin))
+    detection = bundled_detector.predict(ct_0001)
+    outside = np.ones(ct_0001.hu.shape, bool)
+    outside[zs] = False
+    assert zs.stop - zs.start < 133 and detection.probability[outside].max() == 0
+    assert not detection.mask[outside].any() and detection.mask[zs].any()
+
+
+def test_a_wide_field_of_view_is_cut_to_one_tile_around_the_lungs(lidc_dir):
+    """LIDC-IDRI-0314 (400 mm field of view, 0.78 mm pixels): the slice is cut to the 373 mm
+    (one tile) about the lung field, which it contains with its margin; a VOI is not cut."""
+    from NoduleSAMLib.detect import LUNG_MARGIN_MM, detection_region
+    from NoduleSAMLib.lungs import lung_mask
+
+    ct = read_ct(lidc_dir / "scans" / "LIDC-IDRI-0314" / "ct.nii.gz")
+    spacing = ct.spacing_zyx_mm
+    tile_mm = [288 * 1.3, 288 * 1.3]
+    region = detection_region(ct.hu, spacing, tile_mm)
+    lungs = lung_mask(ct.hu, spacing)
+    margin = int(np.ceil(LUNG_MARGIN_MM / spacing[1]))
+    for axis, cut in ((1, region[1]), (2, region[2])):
+        present = np.nonzero(lungs.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        assert cut.stop - cut.start == int(tile_mm[axis - 1] / spacing[axis]) - 1 < 512
+        assert cut.start <= present[0] - margin and present[-1] + margin < cut.stop
+    assert round((region[2].stop - region[2].start) * spacing[2] / 1.3) <= 288  # nnU-Net's resampled size
+    voi = read_ct(lidc_dir / "voi" / "LIDC-IDRI-0001_N1" / "image.nii.gz")
+    assert detection_region(voi.hu, voi.spacing_zyx_mm, tile_mm) is None
+
+
+def test_openvino_and_torch_detectors_agree(lidc_dir, test_vois):
+    """The bundled detector on OpenVINO and on torch, on real test-split VOIs."""
+    pytest.importorskip("openvino")
+    from NoduleSAMLib.models import detector_folder
+
+    folder = detector_folder("nodule-detector")
+    on_torch, on_openvino = Detector(folder, backend="torch"), Detector(folder, backend="openvino")
+    assert (on_torch.backend, on_openvino.backend) == ("torch", "openvino")
+    for _, volume, _ in test_vois[:3]:
+        a, b = on_torch.predict(volume), on_openvino.predict(volume)
+        assert np.abs(a.probability - b.probability).max() < 0.01  # 0.003 seen
+        assert (a.mask != b.mask).sum() <= 0.001 * a.mask.size
+        assert a.mask.any()
+    with pytest.raises(NoduleSAMError, match="unknown detector backend"):
+        Detector(folder, backend="tensorrt")
