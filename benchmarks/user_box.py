@@ -5,8 +5,8 @@
 
 Each case is refined from prompts a person would give, through the same code as ``--boxes``,
 ``--points`` and Slicer's ROIs and fiducials (``BoxRefiner.refine``,
-``prompts.box_from_click``), with LiteMedSAM (``--refiner``: another registry name) and the
-engine's defaults:
+``prompts.box_from_click``), with the product's default refiner (``--refiner``: another registry
+name) and the engine's defaults:
 
 - the tight 3D box of the 50 % consensus; the box + 10 % and + 25 % per side (in every axis);
   the tight box shifted in-plane by 15 % of its size;
@@ -18,8 +18,9 @@ Beside every case runs the oracle: SAM on each slice with that slice's own conse
 Data: the VOIs of one split of ``../shared/data/lidc/voi`` (every ``--step``-th case id from the
 ``--offset``-th, at most ``--limit``; offset 0 is the set the settings were chosen on); with ``--scans``, also the nodules (>= 3 readers) of the three full LIDC scans and
 the GTV-1 tumours of the NSCLC-Radiomics scans. No model here trained on any of these: the
-refiner is the stock LiteMedSAM, and the settings were chosen on the `test` VOIs listed in
-BENCHMARKS.md (so those numbers are not held out: see its notes).
+refiners did not train on them, but the box method's settings were chosen on the `test` VOIs listed
+in BENCHMARKS.md (so those numbers are not held out: see its notes); the click box was chosen on
+the `val` VOIs (``--split val --step 4``).
 
 Timing: a new box on a fresh cache (no embedding, no decoded box), and an edit (the same box moved
 by 1 px in-plane, ``edit_same_crop`` when that keeps the snapped crop), per case.
@@ -149,6 +150,7 @@ def main() -> None:
     from nodulesam_train.detector_data import default_lidc_dir
     from NoduleSAMLib.models import build_sam
     from NoduleSAMLib.refine import BoxRefiner
+    from NoduleSAMLib.settings import Settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lidc-dir", type=Path, default=Path(default_lidc_dir()))
@@ -160,7 +162,8 @@ def main() -> None:
                              "1..step-1 give disjoint, held-out sets)")
     parser.add_argument("--scans", action="store_true", help="also the full scans' nodules and tumours")
     parser.add_argument("--encoder", default="auto", help="image encoder backend (default: %(default)s)")
-    parser.add_argument("--refiner", default="litemedsam", help="refiner registry name (default: %(default)s)")
+    parser.add_argument("--refiner", default=Settings().refiner,
+                        help="refiner registry name (default: the product's, %(default)s)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     out = args.out or REPO / "benchmarks" / "results" / f"user_box_{args.split}.json"

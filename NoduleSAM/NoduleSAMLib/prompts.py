@@ -157,60 +157,47 @@ def _component_near(dense: np.ndarray, centre_zyx=None) -> np.ndarray:
     return labels == index[int(np.argmax(sizes / (1.0 + 4.0 * nearest)))]
 
 
-def box_from_click(hu: np.ndarray, spacing_zyx_mm, click_zyx, threshold_hu: float,
-                   reach_mm=(15.0, 30.0, 60.0)) -> tuple[int, int, int, int, int, int]:
-    """The 3D box a click proposes: around the dense component at (or nearest) the click.
+CLICK_SCALES_MM = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0, 13.0)
+CLICK_SEARCH_MM = 3.0
+CLICK_MIN_RESPONSE = 10.0
 
-    Looks within ``reach_mm`` of the click (widening through the given reaches while the
-    component runs out of the window, as a big tumour does), opens the dense voxels in-plane
-    (3 x 3) so that vessels a few pixels wide come off a nodule, and takes the component's box.
-    Where nothing dense is near, or the component runs out of the widest window (a vessel tree,
-    the chest wall), the box is the click +- 5 mm. Always holds the clicked voxel.
+
+def box_from_click(hu: np.ndarray, spacing_zyx_mm, click_zyx, threshold_hu: float | None = None,
+                   scales_mm=CLICK_SCALES_MM, search_mm: float = CLICK_SEARCH_MM
+                   ) -> tuple[int, int, int, int, int, int]:
+    """The 3D box a click proposes: the blob at the click, sized by a multiscale LoG.
+
+    The scale-normalised Laplacian of Gaussian (``-s^2 LoG``, HU clipped to [-1000, 200]) is
+    computed at the ``scales_mm`` (Gaussian sigma in mm, per axis through the spacing) on a
+    window around the click; the strongest response within ``search_mm`` of the click gives the
+    blob's centre and scale ``s``, and the box is that centre +- ``sqrt(3) s`` (a ball's radius
+    at the scale where its response peaks). A vessel touching the nodule barely changes the
+    response, where it joined the old box's dense component (on 20 `val` VOIs, a click at the
+    centroid: 3D Dice 0.66 with that box, 0.78 with this one; BENCHMARKS.md). Where no blob
+    answers (response below ``CLICK_MIN_RESPONSE``), the box is the click +- 5 mm. Always holds
+    the clicked voxel. ``threshold_hu`` is not used (kept for callers of the dense-component
+    box this replaced).
     """
     shape = np.array(hu.shape)
     spacing = np.asarray(spacing_zyx_mm, float)
     click = np.asarray(click_zyx, int)
-    for reach_one in reach_mm:
-        reach = np.maximum(np.ceil(reach_one / spacing), 1).astype(int)
-        lo, hi = np.maximum(click - reach, 0), np.minimum(click + reach + 1, shape)
-        window = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        dense = ndimage.binary_opening(_dense(window, threshold_hu), structure=np.ones((1, 3, 3), bool))
-        if not dense.any():
-            break
-        seed = _component_near(dense, click - lo)
-        seed &= _ball_at_click(seed, spacing, click - lo)
-        if not seed.any():
-            break
-        zs, ys, xs = np.nonzero(seed)
-        box = np.array([zs.min(), zs.max() + 1, ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
-        box += np.repeat(lo, 2)
-        cut = ((box[0::2] <= lo) & (lo > 0)) | ((box[1::2] >= hi) & (hi < shape))
-        if not cut.any():
-            return _holding(tuple(int(v) for v in box), click)
-    half = np.maximum(np.round(5.0 / spacing), 1).astype(int)
-    return clip_box3d(tuple(int(v) for pair in zip(click - half, click + half + 1) for v in pair),
-                      tuple(shape))
-
-
-def _ball_at_click(component: np.ndarray, spacing, click) -> np.ndarray:
-    """The voxels of a ball around the nodule at ``click`` (see ``box_from_click``)."""
-    depth = ndimage.distance_transform_edt(np.pad(component, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-    grid = np.indices(component.shape, dtype=np.float32)
-
-    def distance_from(point):
-        return np.sqrt(sum(((grid[a] - point[a]) * spacing[a]) ** 2 for a in range(3)))
-
-    anchor = np.asarray(click, float)
-    if not (component & (distance_from(anchor) <= 3.0)).any():
-        # the click is beside the component: look around its voxel nearest the click
-        anchor = np.unravel_index(int(np.argmin(np.where(component, distance_from(anchor), np.inf))),
-                                  component.shape)
-    near = np.where(distance_from(anchor) <= 3.0, depth, 0.0)
-    peak = np.unravel_index(int(np.argmax(near)), near.shape)
-    return distance_from(peak) <= 2.0 * float(near[peak]) + 2.0
-
-
-def _holding(box, click) -> tuple[int, ...]:
-    z0, z1, y0, y1, x0, x1 = box
-    z, y, x = (int(v) for v in click)
-    return (min(z0, z), max(z1, z + 1), min(y0, y), max(y1, y + 1), min(x0, x), max(x1, x + 1))
+    reach = np.ceil((3.0 * max(scales_mm) + search_mm) / spacing).astype(int)
+    lo, hi = np.maximum(click - reach, 0), np.minimum(click + reach + 1, shape)
+    window = np.clip(hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], -1000.0, 200.0).astype(np.float32)
+    grid = np.indices(window.shape, dtype=np.float32)
+    near = np.sqrt(sum(((grid[a] - (click - lo)[a]) * spacing[a]) ** 2 for a in range(3))) <= search_mm
+    best_response, best_scale, best_at = -np.inf, None, None
+    for scale in scales_mm:
+        response = -scale * scale * ndimage.gaussian_laplace(window, sigma=scale / spacing, mode="nearest")
+        response = np.where(near, response, -np.inf)
+        at = np.unravel_index(int(np.argmax(response)), response.shape)
+        if response[at] > best_response:
+            best_response, best_scale, best_at = float(response[at]), scale, np.asarray(at) + lo
+    if best_response < CLICK_MIN_RESPONSE:
+        half = np.maximum(np.round(5.0 / spacing), 1).astype(int)
+        return clip_box3d(tuple(int(v) for pair in zip(click - half, click + half + 1) for v in pair),
+                          tuple(shape))
+    radius = np.sqrt(3.0) * best_scale / spacing
+    low = np.minimum(np.maximum(np.floor(best_at - radius).astype(int), 0), click)
+    high = np.maximum(np.minimum(np.ceil(best_at + radius + 1).astype(int), shape), click + 1)
+    return tuple(int(v) for pair in zip(low, high) for v in pair)
