@@ -4,9 +4,10 @@ The results folder is nnU-Net's own layout (``dataset.json``, ``plans.json``,
 ``fold_N/<checkpoint>``), as ``nnUNetv2_train`` writes it or as the bundled detectors ship it
 (weights only, half precision). Checkpoints are read with ``torch.load(weights_only=True)``.
 
-On a whole-chest CT the network sees only the lung field's slices (``detection_region``), and
-on a CPU with OpenVINO installed it runs there (``backend``): LIDC-IDRI-0314's 275 slices take
-a quarter of the time they took on all of each slice with torch (BENCHMARKS.md, "Speed").
+On a whole-chest CT the network sees only the lung field's slices (``detection_region``); on a
+CPU with OpenVINO installed it runs there (``backend``); and nnU-Net's in-plane resampling is
+OpenCV's (``resample_slices``). LIDC-IDRI-0314's 275 slices take a fifth of the time they took
+on all of each slice with torch and nnU-Net's resampling (BENCHMARKS.md, "Speed").
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .volume import CTVolume
 SLICES_PER_BATCH = 8  # slices per nnU-Net call when progress is reported (Cancel checks between)
 BACKENDS = ("auto", "torch", "openvino")
 LUNG_MARGIN_MM = 10.0  # beyond the lung field: slices above and below, and in-plane
-REGION_RULE = "lung field + 10 mm, grown to one tile"  # part of detectors' cache keys
+REGION_RULE = "lung field + 10 mm, grown to one tile; OpenCV resampling"  # how a CT is read: in cache keys
 
 
 @dataclass
@@ -87,6 +88,46 @@ def detection_region(hu: np.ndarray, spacing_zyx_mm, tile_mm) -> tuple[slice, sl
     return tuple(region)
 
 
+def resample_slices(data, new_shape, current_spacing=None, new_spacing=None, order: int = 3) -> np.ndarray:
+    """nnU-Net's in-plane resampling of a 2D configuration, by OpenCV: ``data`` ``[c, z, y, x]``
+    to ``new_shape`` ``(z, y, x)`` (the same z), slice by slice, cubic (``order`` 3, the data),
+    linear (1, the logits) or nearest (0, the preprocessor's nonzero mask), pixel centres mapped
+    as scikit-image's ``resize`` that nnU-Net calls. About 20x faster than that; its cubic kernel
+    is OpenCV's, not a spline (BENCHMARKS.md)."""
+    import cv2
+
+    data = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
+    channels, depth = data.shape[:2]
+    if tuple(new_shape[1:]) == data.shape[2:]:
+        return data
+    if new_shape[0] != depth:
+        raise NoduleSAMError(f"a 2D detector cannot resample across slices ({depth} -> {new_shape[0]})")
+    size = (int(new_shape[2]), int(new_shape[1]))  # OpenCV: (width, height)
+    method = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR}.get(order, cv2.INTER_CUBIC)
+    dtype = data.dtype if order == 0 else np.float32
+    out = np.empty((channels, depth, size[1], size[0]), dtype)
+    for c in range(channels):
+        for z in range(depth):
+            plane = np.ascontiguousarray(data[c, z], np.float32)
+            out[c, z] = cv2.resize(plane, size, interpolation=method)
+    return out
+
+
+def fast_resampling(configuration_manager):
+    """``configuration_manager`` (nnU-Net's) with ``resample_slices`` for the data, the logits
+    and the nonzero mask."""
+    from functools import partial
+
+    base = type(configuration_manager)
+
+    class FastResampling(base):
+        resampling_fn_data = property(lambda self: partial(resample_slices, order=3))
+        resampling_fn_probabilities = property(lambda self: partial(resample_slices, order=1))
+        resampling_fn_seg = property(lambda self: partial(resample_slices, order=0))
+
+    return FastResampling(configuration_manager.configuration)
+
+
 def openvino_network(network, parameters: list[dict], patch_size, threads: int | None = None):
     """nnU-Net's ``network`` as a torch module that runs each fold's weights on OpenVINO.
 
@@ -138,13 +179,15 @@ class Detector:
     folder: the results folder (``.../nnUNetTrainer__nnUNetPlans__2d`` or a bundled model).
     folds: which ``fold_N`` to ensemble; checkpoint_name: file inside each fold folder.
     device: ``cpu`` or ``cuda``; mirroring: test-time mirroring (4x slower, slightly better).
+    opencv_resampling: resample in-plane with OpenCV (``resample_slices``), else with nnU-Net's own.
     backend: ``auto`` (OpenVINO on a CPU where it is installed, else torch), ``torch`` or
       ``openvino``; ``self.backend`` says which one runs. The probabilities agree within 0.01
       (at most 0.003 on real VOIs and on LIDC-IDRI-0314; 3 of its 19 million voxels change label).
     """
 
     def __init__(self, folder: str | Path, folds=(0,), checkpoint_name: str | None = None,
-                 device: str = "cpu", mirroring: bool = False, backend: str = "auto"):
+                 device: str = "cpu", mirroring: bool = False, backend: str = "auto",
+                 opencv_resampling: bool = True):
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -184,6 +227,8 @@ class Detector:
         if configuration not in plans.get("configurations", {}):
             raise NoduleSAMError(f"{folder}: plans.json has no configuration '{configuration}'")
         configuration_manager = plans_manager.get_configuration(configuration)
+        if opencv_resampling:
+            configuration_manager = fast_resampling(configuration_manager)
         if len(configuration_manager.patch_size) != 2:
             raise NoduleSAMError(f"{folder}: configuration '{configuration}' is "
                                  f"{len(configuration_manager.patch_size)}D; NoduleSAM's detector "

@@ -1,8 +1,8 @@
 """Detector outputs cached on disk, so that every FROC row and filter reuses one detector run.
 
-The key is the detector folder's checkpoint hashes, the rule for the part of a CT the detector
-sees (``detect.REGION_RULE``) and a fingerprint of the CT's voxels, so a changed model, rule or
-(e.g. pasted) volume is never served a stale probability.
+The key is the detector folder's checkpoint hashes, how the detector reads a CT (which part,
+resampled how: ``detect.REGION_RULE``) and a fingerprint of the CT's voxels, so a changed
+model, rule or (e.g. pasted) volume is never served a stale probability.
 """
 from __future__ import annotations
 
