@@ -179,6 +179,7 @@ class Detector:
     folder: the results folder (``.../nnUNetTrainer__nnUNetPlans__2d`` or a bundled model).
     folds: which ``fold_N`` to ensemble; checkpoint_name: file inside each fold folder.
     device: ``cpu`` or ``cuda``; mirroring: test-time mirroring (4x slower, slightly better).
+    crop_to_lungs: on a whole-chest CT, run on ``detection_region`` only, else on every voxel.
     opencv_resampling: resample in-plane with OpenCV (``resample_slices``), else with nnU-Net's own.
     backend: ``auto`` (OpenVINO on a CPU where it is installed, else torch), ``torch`` or
       ``openvino``; ``self.backend`` says which one runs. The probabilities agree within 0.01
@@ -187,7 +188,7 @@ class Detector:
 
     def __init__(self, folder: str | Path, folds=(0,), checkpoint_name: str | None = None,
                  device: str = "cpu", mirroring: bool = False, backend: str = "auto",
-                 opencv_resampling: bool = True):
+                 opencv_resampling: bool = True, crop_to_lungs: bool = True):
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -262,6 +263,7 @@ class Detector:
             network, plans_manager, configuration_manager, parameters, dataset_json, trainer_name,
             first.get("inference_allowed_mirroring_axes"))
         self.tile_mm = [p * s for p, s in zip(configuration_manager.patch_size, configuration_manager.spacing)]
+        self.crop_to_lungs = crop_to_lungs
 
     slices_per_batch = SLICES_PER_BATCH
 
@@ -274,7 +276,8 @@ class Detector:
           Cancel). The model is 2D, so batches give the result of one call over the volume.
         """
         spacing = [float(v) for v in volume.spacing_zyx_mm]
-        region = detection_region(volume.hu, spacing, self.tile_mm) or (slice(None),) * 3
+        region = (detection_region(volume.hu, spacing, self.tile_mm) if self.crop_to_lungs else None
+                  ) or (slice(None),) * 3
         hu = volume.hu[region]
         depth = hu.shape[0]
         step = depth if progress is None else max(1, self.slices_per_batch)
