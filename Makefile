@@ -6,12 +6,14 @@ PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: demo test test-all benchmark clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt NoduleSAM/Resources/slicer-constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip "setuptools<81" wheel
 	# torch first and pinned: other versions pull multi-GB downloads (see constraints.txt)
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	# the engine's whole dependency set at the versions Slicer installs (install.py writes it),
+	# so a new release on PyPI does not change what the tests run against
+	$(PY) -m pip install -q -c constraints.txt -c NoduleSAM/Resources/slicer-constraints.txt -e ".[test]"
 	# the web app's layer library: its release pins an older slicer-core (docs/web.md)
 	$(PY) -m pip install -q --no-deps -c constraints.txt slicer-layer-dm
 	touch $(STAMP)
