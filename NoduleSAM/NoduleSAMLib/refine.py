@@ -182,8 +182,8 @@ class BoxRefiner:
     cache_size: how many crop embeddings to keep (each about 4 MB).
     encoder: the image encoder's backend, ``auto`` (OpenVINO on a CPU where installed),
       ``torch`` or ``openvino`` (``image_encoder``). With OpenVINO the prompt encoder and mask
-      decoder run on OpenVINO too (``OpenVINODecoder``), and the slices a new box will surely
-      prompt are embedded together (``_prefetch``).
+      decoder run on OpenVINO too (``OpenVINODecoder``), and the slices a new box or a
+      detected candidate will surely prompt are embedded together (``_prefetch``).
     decoder_cache_mb: how much of the decoder's output (logits per embedding and exact box) to
       keep, so that an edit re-runs the decoder only for the prompts that changed.
     """
@@ -458,6 +458,9 @@ class BoxRefiner:
             return self.vote(logits, None if prior is None else prior[z - z0])
 
         prompts = candidate.prompt_boxes()
+        # the slices whose detector prompt SAM will surely answer, embedded together
+        self._prefetch(hu, [z for z in sorted(prompts) if prior is None
+                            or self.decided_by_detector(prior[z - z0]) is None], crop, volume_key)
         masks: dict[int, np.ndarray] = {}
         for z, box in sorted(prompts.items()):
             masks[z] = mask_on(z, box)
