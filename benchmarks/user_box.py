@@ -117,11 +117,10 @@ def run_case(refiner, hu, truth, spacing, key) -> tuple[dict, dict]:
     tight = tight_box(truth)
     centroid = np.round(np.argwhere(truth).mean(axis=0)).astype(int)
     off = centroid + np.round([0, 0, 2.0 / spacing[2]]).astype(int)  # 2 mm along x
-    threshold = refiner.settings.seed_hu
     prompts = {"tight box": tight, "box + 10 %": grown(tight, 0.10), "box + 25 %": grown(tight, 0.25),
                "box shifted 15 %": shifted(tight, 0.15),
-               "click at centroid": box_from_click(hu, spacing, centroid, threshold),
-               "click 2 mm off": box_from_click(hu, spacing, off, threshold)}
+               "click at centroid": box_from_click(hu, spacing, centroid),
+               "click 2 mm off": box_from_click(hu, spacing, off)}
     scores = {}
     for name, box in prompts.items():
         refiner.clear_cache()

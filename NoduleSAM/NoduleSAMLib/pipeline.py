@@ -188,8 +188,7 @@ class Pipeline:
     def box_for_click(self, volume: CTVolume, candidate: Candidate) -> Candidate:
         """A copy of a click candidate whose box is the one its click proposes
         (``prompts.box_from_click``); the box then refines like any given box."""
-        box = box_from_click(volume.hu, volume.spacing_zyx_mm, candidate.click_zyx,
-                             self.refiner.settings.seed_hu)
+        box = box_from_click(volume.hu, volume.spacing_zyx_mm, candidate.click_zyx)
         return replace(candidate, box_ijk=box)
 
     def run(self, volume: CTVolume, boxes: list | None = None, points: list | None = None) -> Result:

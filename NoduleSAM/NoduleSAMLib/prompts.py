@@ -162,8 +162,7 @@ CLICK_SEARCH_MM = 3.0
 CLICK_MIN_RESPONSE = 10.0
 
 
-def box_from_click(hu: np.ndarray, spacing_zyx_mm, click_zyx, threshold_hu: float | None = None,
-                   scales_mm=CLICK_SCALES_MM, search_mm: float = CLICK_SEARCH_MM
+def box_from_click(hu: np.ndarray, spacing_zyx_mm, click_zyx, scales_mm=CLICK_SCALES_MM, search_mm: float = CLICK_SEARCH_MM
                    ) -> tuple[int, int, int, int, int, int]:
     """The 3D box a click proposes: the blob at the click, sized by a multiscale LoG.
 
@@ -175,8 +174,7 @@ def box_from_click(hu: np.ndarray, spacing_zyx_mm, click_zyx, threshold_hu: floa
     response, where it joined the old box's dense component (on 20 `val` VOIs, a click at the
     centroid: 3D Dice 0.66 with that box, 0.78 with this one; BENCHMARKS.md). Where no blob
     answers (response below ``CLICK_MIN_RESPONSE``), the box is the click +- 5 mm. Always holds
-    the clicked voxel. ``threshold_hu`` is not used (kept for callers of the dense-component
-    box this replaced).
+    the clicked voxel.
     """
     shape = np.array(hu.shape)
     spacing = np.asarray(spacing_zyx_mm, float)

@@ -93,7 +93,7 @@ def case_jobs(refiner, hu, truth, spacing, neighbours: int) -> list[tuple[int, s
     centroid = np.round(np.argwhere(truth).mean(axis=0)).astype(int)
     off = centroid + np.round([0, 0, 2.0 / spacing[2]]).astype(int)
     off[2] = min(off[2], truth.shape[2] - 1)
-    clicks = [_inplane(box_from_click(hu, spacing, c, refiner.settings.seed_hu)) for c in (centroid, off)]
+    clicks = [_inplane(box_from_click(hu, spacing, c)) for c in (centroid, off)]
     k = central_index(truth)
     crop = refiner.crop_for(tight)
     jobs = []

@@ -168,8 +168,7 @@ class Logic:
         zyx = voxel_from_world(point_ras, params.inputVolume)
         if not all(0 <= v < n for v, n in zip(zyx, volume.hu.shape)):
             raise NoduleSAMError("the click is outside the CT: click on the nodule in the CT")
-        box = box_from_click(volume.hu, volume.spacing_zyx_mm, zyx,
-                             self._config(params).refine.seed_hu)
+        box = box_from_click(volume.hu, volume.spacing_zyx_mm, zyx)
         roi = add_roi(params, name)
         set_roi_to_box(roi, params.inputVolume, box)
         roi.SetAttribute(ROI_CLICK_ATTRIBUTE, json.dumps(list(zyx)))

@@ -97,7 +97,7 @@ def test_a_click_proposes_the_nodule_box_and_segments_it(sam, vois):
         centroid = np.round(np.argwhere(truth).mean(axis=0)).astype(int)
         off = centroid + [0, 0, int(round(2.0 / spacing[2]))]  # 2 mm along x
         for click in (centroid, off):
-            box = box_from_click(hu, spacing, click, refiner.settings.seed_hu)
+            box = box_from_click(hu, spacing, click)
             z0, z1, y0, y1, x0, x1 = box
             assert z0 <= click[0] < z1 and y0 <= click[1] < y1 and x0 <= click[2] < x1
             score = dice(refined(refiner, hu, box, cid), truth)
@@ -124,7 +124,7 @@ def test_a_click_proposes_the_blob_box_and_leaves_a_touching_vessel_out():
         assert all(lo <= c < hi for c, lo, hi in zip(click, box[0::2], box[1::2]))
     # nothing blob-like nearby: the click +- 5 mm
     empty = np.full((9, 40, 40), -900.0, np.float32)
-    assert box_from_click(empty, (2.0, 1.0, 1.0), (4, 20, 20), -500.0) == (2, 7, 15, 26, 15, 26)
+    assert box_from_click(empty, (2.0, 1.0, 1.0), (4, 20, 20)) == (2, 7, 15, 26, 15, 26)
 
 
 # `val` VOIs where a click's old box (the dense component at the click, commit 6c53841) took the
@@ -149,7 +149,7 @@ def test_a_click_beside_a_vessel_segments_the_nodule_where_the_old_box_failed(li
         spacing = np.array(image.GetSpacing()[::-1])
         centroid = np.round(np.argwhere(truth).mean(axis=0)).astype(int)
         for click in (centroid, centroid + [0, 0, int(round(2.0 / spacing[2]))]):
-            box = box_from_click(hu, spacing, click, refiner.settings.seed_hu)
+            box = box_from_click(hu, spacing, click)
             scores.append(dice(refined(refiner, hu, box, cid), truth))
     assert min(scores) > 0.45 and np.mean(scores) > 0.6, scores
 
