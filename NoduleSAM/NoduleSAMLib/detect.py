@@ -4,10 +4,10 @@ The results folder is nnU-Net's own layout (``dataset.json``, ``plans.json``,
 ``fold_N/<checkpoint>``), as ``nnUNetv2_train`` writes it or as the bundled detectors ship it
 (weights only, half precision). Checkpoints are read with ``torch.load(weights_only=True)``.
 
-On a whole-chest CT the network sees only the lung field's slices (``detection_region``); on a
-CPU with OpenVINO installed it runs there (``backend``); and nnU-Net's in-plane resampling is
-OpenCV's (``resample_slices``). LIDC-IDRI-0314's 275 slices take a fifth of the time they took
-on all of each slice with torch and nnU-Net's resampling (BENCHMARKS.md, "Speed").
+On a whole-chest CT the network sees only the lung field's slices (``detection_region``), and
+nnU-Net's in-plane resampling is OpenCV's (``resample_slices``); OpenVINO is an option
+(``backend``). LIDC-IDRI-0314's 275 slices take about a fifth of the time they took on all of
+each slice with nnU-Net's resampling (BENCHMARKS.md, "2026-12-03").
 """
 from __future__ import annotations
 
@@ -181,13 +181,15 @@ class Detector:
     device: ``cpu`` or ``cuda``; mirroring: test-time mirroring (4x slower, slightly better).
     crop_to_lungs: on a whole-chest CT, run on ``detection_region`` only, else on every voxel.
     opencv_resampling: resample in-plane with OpenCV (``resample_slices``), else with nnU-Net's own.
-    backend: ``auto`` (OpenVINO on a CPU where it is installed, else torch), ``torch`` or
-      ``openvino``; ``self.backend`` says which one runs. The probabilities agree within 0.01
-      (at most 0.003 on real VOIs and on LIDC-IDRI-0314; 3 of its 19 million voxels change label).
+    backend: ``torch`` (the default), ``openvino`` or ``auto`` (OpenVINO on a CPU where it is
+      installed); ``self.backend`` says which one runs. OpenVINO is about twice as fast per tile
+      and within 0.003 of torch, but its output depends on its thread count (0.013 between 1 and
+      2 threads), so a cohort batch with one thread per worker would not reproduce ``segment``;
+      torch gives the same probabilities whatever the thread count.
     """
 
     def __init__(self, folder: str | Path, folds=(0,), checkpoint_name: str | None = None,
-                 device: str = "cpu", mirroring: bool = False, backend: str = "auto",
+                 device: str = "cpu", mirroring: bool = False, backend: str = "torch",
                  opencv_resampling: bool = True, crop_to_lungs: bool = True):
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor

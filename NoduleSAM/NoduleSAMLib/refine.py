@@ -15,7 +15,7 @@ from scipy.special import expit
 from .boxes import Candidate
 from .errors import NoduleSAMError
 from .geometry import Crop2D, box2d_of_mask, expand_box2d
-from .openvino_backend import cached_model, use_openvino
+from .openvino_backend import cached_model, use_openvino, weights_digest
 from .prompts import solid_seed
 from .settings import ENCODERS, RefineSettings  # noqa: F401  (RefineSettings: re-exported)
 
@@ -30,18 +30,6 @@ def detector_sam_vote(prior: np.ndarray, logits: np.ndarray, detector_weight: fl
     prior: the detector's foreground probability; logits: SAM's mask logits (same shape)."""
     sam = expit(logits - sam_threshold)
     return detector_weight * prior + (1.0 - detector_weight) * sam > 0.5
-
-
-
-
-def _weights_digest(*modules) -> str:
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=10)
-    for module in modules:
-        for tensor in module.state_dict().values():
-            digest.update(tensor.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class OpenVINOEncoder:
@@ -64,7 +52,7 @@ class OpenVINOEncoder:
                 return ov.convert_model(encoder, example_input=torch.zeros(1, 3, side, side))
 
         version = ov.__version__.split("-")[0]
-        self.path = cache_dir() / "openvino" / f"encoder-{side}-{_weights_digest(encoder)}-ov{version}-{precision}.xml"
+        self.path = cache_dir() / "openvino" / f"encoder-{side}-{weights_digest(encoder.state_dict())}-ov{version}-{precision}.xml"
         core, model = cached_model(self.path, convert)
         self.threads = threads or torch.get_num_threads()
         self.precision = precision
@@ -139,7 +127,7 @@ def openvino_decoder_model(sam):
             return ov.convert_model(module, example_input=(
                 torch.zeros(1, sam.prompt_encoder.embed_dim, *grid), torch.tensor([[8.0, 8.0, 40.0, 40.0]])))
 
-    digest = _weights_digest(sam.prompt_encoder, sam.mask_decoder)
+    digest = weights_digest(sam.prompt_encoder.state_dict(), sam.mask_decoder.state_dict())
     path = cache_dir() / "openvino" / f"decoder-{digest}-ov{ov.__version__.split('-')[0]}-f32.xml"
     return cached_model(path, convert)[1]
 

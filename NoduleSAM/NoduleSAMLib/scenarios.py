@@ -78,15 +78,19 @@ def _read_mask(path: Path) -> np.ndarray:
 # LIDC-IDRI-0001, nodule 1: consensus box (i, j, k) [299..335, 343..387, 86..93]. The crop keeps
 # context in-plane and three of its slices: each slice costs one encoder call per ROI.
 LIDC_CROP = (88, 91, 310, 420, 270, 365)
+# A click's box is sized by a 3D blob filter (``prompts.box_from_click``), which needs the
+# nodule's whole depth: on the 3-slice crop the nodule looks like a cylinder and a small texture
+# peak wins. The click scenario uses all of its slices and two more on each side.
+LIDC_CLICK_CROP = (84, 96, 310, 420, 270, 365)
 
 
-def lidc_case(lidc_dir: Path | None = None) -> Case:
+def lidc_case(lidc_dir: Path | None = None, crop=LIDC_CROP) -> Case:
     """LIDC-IDRI-0001 (DICOM, read by the engine) around nodule 1, with the 50% consensus."""
     scans = Path(lidc_dir or default_lidc_dir()) / "scans"
     volume = read_ct(next((scans / "LIDC-IDRI-0001").glob("*/*")))
     reference = _read_mask(scans / "LIDC-IDRI-0001.consensus50.nii.gz")
-    z0, z1, y0, y1, x0, x1 = LIDC_CROP
-    return Case(crop_volume(volume, LIDC_CROP), reference[z0:z1, y0:y1, x0:x1].copy())
+    z0, z1, y0, y1, x0, x1 = crop
+    return Case(crop_volume(volume, crop), reference[z0:z1, y0:y1, x0:x1].copy())
 
 
 def demo_case() -> Case:

@@ -94,9 +94,11 @@ def test_refine_edit_save_reload(headless, case, tmp_path):
 
 
 def test_click_refine_move(headless, case):
-    """A fiducial click -> an ROI -> Refine; move the ROI, Refine again."""
-    volume_node = sc.add_volume_node(headless.scene, case.volume)
-    scenarios.click_refine_move(headless.scene, volume_node, case)
+    """A fiducial click -> an ROI -> Refine; move the ROI, Refine again (on the nodule's whole
+    depth: ``scenarios.LIDC_CLICK_CROP``)."""
+    click_case = scenarios.lidc_case(lidc_dir(), scenarios.LIDC_CLICK_CROP)
+    volume_node = sc.add_volume_node(headless.scene, click_case.volume)
+    scenarios.click_refine_move(headless.scene, volume_node, click_case)
 
 
 class ReferenceDetector:
