@@ -11,8 +11,8 @@ times (``detect_s``, ``candidates_s``, ``refine_s``, ``measure_s``, ``total_s``)
 nodules were kept and which reference lesions they touch, and the load average before and after,
 since a busy machine makes every number slower. The issue's goal is the whole CT in <= 60 s on
 2 CPU cores. With ``--compare-detector``, also times the detector alone per CT as it ran before
-2026-12-03 (torch, every voxel, nnU-Net's own resampling) beside the default (OpenVINO where
-installed, the lung region, OpenCV resampling). Writes JSON and prints Markdown tables. Needs
+2026-12-03 (torch, every voxel, nnU-Net's own resampling) beside the default (the lung region,
+OpenCV resampling, the default backend). Writes JSON and prints Markdown tables. Needs
 the shared data.
 
 LIDC-IDRI-0001, -0003 and LUNG1-002 trained the detector or the classifier: their nodule counts

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from .errors import NoduleSAMError
 from .lungs import lung_mask, shows_whole_chest
@@ -76,10 +77,10 @@ def detection_region(hu: np.ndarray, spacing_zyx_mm, tile_mm) -> tuple[slice, sl
     if not lungs.any():
         return None
     region = []
-    for axis, (size, mm) in enumerate(zip(hu.shape, spacing_zyx_mm)):
-        present = np.nonzero(lungs.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+    for axis, (size, mm, present) in enumerate(zip(hu.shape, spacing_zyx_mm,
+                                                   ndimage.find_objects(lungs.astype(np.uint8))[0])):
         margin = int(np.ceil(LUNG_MARGIN_MM / mm))
-        low, high = max(0, present[0] - margin), min(size, present[-1] + 1 + margin)
+        low, high = max(0, present.start - margin), min(size, present.stop + margin)
         if axis > 0:  # nnU-Net rounds the resampled size: one pixel less stays within the tile
             width = min(size, max(high - low, int(tile_mm[axis - 1] / mm) - 1))
             low = int(np.clip((low + high - width) // 2, 0, size - width))

@@ -122,8 +122,7 @@ def measure_nodule(volume: CTVolume, mask: np.ndarray) -> dict:
                       "mean_hu": None, "centroid_ras_mm": None, "centroid_lps_mm": None,
                       "long_axis_slice": None, "components": 0}
     # everything below reads only the mask's bounding box: a whole CT is 100x a nodule's box
-    box = tuple(slice(int(kept[0]), int(kept[-1]) + 1) for kept in
-                (np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)))
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
     corner = np.array([b.start for b in box])
     mask = mask[box]
     labels, components = ndimage.label(mask, structure=FULL_3D)
