@@ -31,6 +31,7 @@ SCALES_MM = (1.5, 2.5, 4.0)    # Gaussian scales: blobs of about 5-14 mm across
 MIN_RESPONSE = 10.0            # on the validation scans: ~400 maxima per scan (BENCHMARKS.md)
 MASK_HU = -600.0
 MIN_CENTRE_HU = -600.0         # a blob's centre voxel must be above it (and above MASK_HU)
+RULE = "2"                     # changes whenever the candidates change (cached training cubes)
 
 
 def dot_response(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray):
@@ -72,6 +73,16 @@ def dot_response(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray):
     return best, best_scale, factors
 
 
+def grid_to_volume(point, grid_shape, volume_shape) -> np.ndarray:
+    """The volume voxel nearest to a voxel of ``dot_response``'s grid. ``ndimage.zoom`` puts the
+    first and last voxel centres of both grids on each other, so grid index ``i`` lies at volume
+    index ``i (n - 1) / (m - 1)``, not at ``i / factor``: on 3-5 mm slices that rounding error
+    put a blob's centre on the slice next to a one-slice nodule, in the air (BENCHMARKS.md)."""
+    volume_shape, grid_shape = np.asarray(volume_shape), np.asarray(grid_shape)
+    scale = (volume_shape - 1) / np.maximum(grid_shape - 1, 1)
+    return np.round(np.asarray(point) * scale).astype(int)
+
+
 def blob_candidates(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray, avoid: np.ndarray | None = None,
                     min_response: float = MIN_RESPONSE, pad_px: float = 2.0) -> list[Candidate]:
     """Candidates at the dot filter's local maxima inside ``lungs`` (bool ``[z, y, x]``).
@@ -80,12 +91,12 @@ def blob_candidates(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray, avoid: np
     Candidates come unnamed and unsorted, with ``blob_response`` = the filter's response and
     ``score`` None until the classifier scores them.
     """
-    response, scale, factors = dot_response(hu, spacing_zyx_mm, lungs)
+    response, scale, _ = dot_response(hu, spacing_zyx_mm, lungs)
     peaks = (response == ndimage.maximum_filter(response, 5)) & (response > min_response)
     spacing = np.asarray(spacing_zyx_mm, float)
     out = []
     for point in np.argwhere(peaks):
-        centre = np.minimum(np.round(point / factors).astype(int), np.array(hu.shape) - 1)
+        centre = grid_to_volume(point, response.shape, hu.shape)
         if hu[tuple(centre)] < MIN_CENTRE_HU:
             continue
         radius_mm = np.sqrt(3) * float(scale[tuple(point)])

@@ -324,7 +324,9 @@ def main(args) -> int:
     folder = detector_folder(args.detector)
     # per detector (its false positives) and background set
     thick = f"_thick{args.thick_factor}" if args.thick_factor > 1 else ""
-    cubes = args.out / f"cubes_{args.seed}_{detector_key(folder)}{thick}.npz"
+    from NoduleSAMLib.blobs import RULE
+
+    cubes = args.out / f"cubes_{args.seed}_{detector_key(folder)}{thick}_blobs{RULE}.npz"
     if cubes.is_file():
         with np.load(cubes) as saved:
             data = {split: tuple(saved[f"{split}_{n}"] for n in range(4)) for split in ("train", "val")}
