@@ -111,7 +111,8 @@ def run_case(refiner, hu, truth, spacing, key) -> tuple[dict, dict]:
         box = clip_box3d(box, hu.shape)
         out = np.zeros(hu.shape, bool)
         z0, z1, y0, y1, x0, x1 = box
-        out[z0:z1, y0:y1, x0:x1] = refiner.refine(hu, Candidate("n", box, source="given box"), key)
+        out[z0:z1, y0:y1, x0:x1] = refiner.refine(hu, Candidate("n", box, source="given box"), key,
+                                                  spacing_zyx_mm=spacing)
         return out
 
     tight = tight_box(truth)

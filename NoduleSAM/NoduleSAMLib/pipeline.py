@@ -165,7 +165,8 @@ class Pipeline:
                     candidate = self.box_for_click(volume, candidate)
                 if self.refiner is not None:
                     on_slice = None if progress is None else (lambda: progress(done, len(candidates)))
-                    mask = self.refiner.refine(volume.hu, candidate, key, on_slice)
+                    mask = self.refiner.refine(volume.hu, candidate, key, on_slice,
+                                               spacing_zyx_mm=volume.spacing_zyx_mm)
                 elif candidate.detector_mask is not None:
                     mask = candidate.detector_mask
                 else:
