@@ -358,11 +358,13 @@ class BoxRefiner:
         function of its 3D box (``crop_for``), so the same box always gives the same mask.
         on_slice: optional callable run after each slice; raising from it stops the work (Cancel).
         spacing_zyx_mm: the voxel spacing (mm); given, a box from outside loses what is thinner
-          than half its mask's thickness (``prompts.cut_attachments``). The engine always gives it.
+          than half its mask's thickness (``prompts.cut_attachments``), and on slices thinner
+          than ``RefineSettings.interpolate_below_mm`` a detected candidate's SAM logits are
+          interpolated on every other slice. The engine always gives it.
         """
         on_slice = on_slice or (lambda: None)
         if candidate.prompt_boxes():
-            return self._refine_detected(hu, candidate, volume_key, on_slice)
+            return self._refine_detected(hu, candidate, volume_key, on_slice, spacing_zyx_mm)
         return self._refine_box(hu, candidate.box_ijk, volume_key, on_slice, spacing_zyx_mm)
 
     def _refine_box(self, hu: np.ndarray, box_ijk, volume_key, on_slice, spacing_zyx_mm=None) -> np.ndarray:
@@ -432,33 +434,59 @@ class BoxRefiner:
         majority = seed.astype(np.uint8) + from_seed + propagated >= 2
         return majority if spacing_zyx_mm is None else cut_attachments(majority, spacing_zyx_mm)
 
-    def _refine_detected(self, hu: np.ndarray, candidate: Candidate, volume_key, on_slice) -> np.ndarray:
+    def _refine_detected(self, hu: np.ndarray, candidate: Candidate, volume_key, on_slice,
+                         spacing_zyx_mm=None) -> np.ndarray:
         """A detected candidate: slices with a detector prompt use it; other slices in the box
         take their prompt from the neighbouring slice's refined mask. A candidate that still has
         its detector probability (``Candidate.prior()``) gets the detector-SAM vote on every
         slice (``vote``), and SAM runs only on slices where it can change the vote
-        (``decided_by_detector``)."""
+        (``decided_by_detector``). On thin slices (``spacing_zyx_mm[0]`` below
+        ``RefineSettings.interpolate_below_mm``) such a candidate's every other prompted slice
+        between two prompted neighbours votes with the mean of their SAM logits instead of an
+        encoder run of its own (its own detector probability still votes). Candidates without a
+        detector probability (blobs) are not interpolated: SAM alone lost up to 0.2 Dice there."""
         s = self.settings
         prior = candidate.prior() if s.detector_weight > 0 else None
         z0, z1, y0, y1, x0, x1 = candidate.box_ijk
         crop = self.crop_for([x0, y0, x1 - 1, y1 - 1])
+        sam_logits: dict[int, np.ndarray] = {}
 
-        def mask_on(z, box):
-            if prior is not None:
-                decided = self.decided_by_detector(prior[z - z0])
-                if decided is not None:
-                    return decided
-            logits = self.logits(hu[z], box, (volume_key, z), crop)[y0:y1, x0:x1]
+        def decided(z):
+            return None if prior is None else self.decided_by_detector(prior[z - z0])
+
+        def from_logits(z, logits):
             return self.vote(logits, None if prior is None else prior[z - z0])
 
+        def mask_on(z, box):
+            sure = decided(z)
+            if sure is not None:
+                return sure
+            logits = sam_logits[z] = self.logits(hu[z], box, (volume_key, z), crop)[y0:y1, x0:x1]
+            return from_logits(z, logits)
+
         prompts = candidate.prompt_boxes()
+        first = min(prompts)
+        between = set()
+        if (prior is not None and spacing_zyx_mm is not None
+                and float(spacing_zyx_mm[0]) < s.interpolate_below_mm):
+            between = {z for z in prompts if (z - first) % 2 == 1 and z - 1 in prompts and z + 1 in prompts}
         # the slices whose detector prompt SAM will surely answer, embedded together
-        self._prefetch(hu, [z for z in sorted(prompts) if prior is None
-                            or self.decided_by_detector(prior[z - z0]) is None], crop, volume_key)
+        self._prefetch(hu, [z for z in sorted(prompts) if z not in between and decided(z) is None],
+                       crop, volume_key)
         masks: dict[int, np.ndarray] = {}
         for z, box in sorted(prompts.items()):
-            masks[z] = mask_on(z, box)
-            on_slice()
+            if z not in between:
+                masks[z] = mask_on(z, box)
+                on_slice()
+        for z in sorted(between):
+            sure = decided(z)
+            if sure is not None:
+                masks[z] = sure
+            elif z - 1 in sam_logits and z + 1 in sam_logits:
+                masks[z] = from_logits(z, (sam_logits[z - 1] + sam_logits[z + 1]) / 2)
+            else:  # a neighbour was decided without SAM: nothing to interpolate
+                masks[z] = mask_on(z, prompts[z])
+                on_slice()
         for order in (range(min(prompts) + 1, z1), range(max(prompts) - 1, z0 - 1, -1)):
             step = 1 if order.step > 0 else -1
             for z in order:

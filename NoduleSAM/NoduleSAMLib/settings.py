@@ -66,6 +66,9 @@ class RefineSettings:
       per-slice box found inside it before SAM is prompted with it.
     seed_hu: ... and the HU above which its dense core (``prompts.solid_seed``) is taken.
     start_iterations: how often the central slice's mask is re-prompted with its own box.
+    interpolate_below_mm: on CTs with thinner slices than this, a detected candidate's SAM
+      logits on every other prompted slice are the mean of its two neighbours' (no encoder run);
+      0 turns it off.
     """
 
     window_hu: tuple[float, float] = (-1350.0, 150.0)
@@ -80,6 +83,7 @@ class RefineSettings:
     box_pad_px: float = 2.0
     seed_hu: float = -500.0
     start_iterations: int = 2
+    interpolate_below_mm: float = 1.1
 
 
 @dataclass
