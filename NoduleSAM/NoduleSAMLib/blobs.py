@@ -35,14 +35,15 @@ RULE = "2"                     # changes whenever the candidates change (cached 
 
 
 def dot_response(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray):
-    """The filter on the isotropic grid: (response, best scale in mm, zoom factors grid/volume)."""
+    """The filter on the isotropic grid: (response, best scale in mm). A grid voxel's place in
+    the volume is ``grid_to_volume``'s."""
     factors = np.asarray(spacing_zyx_mm, float) / STEP_MM
     grid = ndimage.zoom(np.clip(hu, -1000, 200).astype(np.float32), factors, order=1)
     inside = ndimage.zoom(lungs.astype(np.uint8), factors, order=0)[: grid.shape[0], : grid.shape[1], : grid.shape[2]] > 0
     best = np.zeros(grid.shape, np.float32)
     best_scale = np.zeros(grid.shape, np.float32)
     if not inside.any():
-        return best, best_scale, factors
+        return best, best_scale
     # The filters run on the lungs' bounding box and the reach of the widest Gaussian around it
     # (scipy truncates at 4 sigma): inside the lungs the same numbers as on the whole grid, in a
     # third of the time on a wide field of view.
@@ -70,7 +71,7 @@ def dot_response(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray):
         chosen = tuple(axis[better] for axis in where)
         found[chosen] = response[better]
         found_scale[chosen] = scale_mm
-    return best, best_scale, factors
+    return best, best_scale
 
 
 def grid_to_volume(point, grid_shape, volume_shape) -> np.ndarray:
@@ -91,7 +92,7 @@ def blob_candidates(hu: np.ndarray, spacing_zyx_mm, lungs: np.ndarray, avoid: np
     Candidates come unnamed and unsorted, with ``blob_response`` = the filter's response and
     ``score`` None until the classifier scores them.
     """
-    response, scale, _ = dot_response(hu, spacing_zyx_mm, lungs)
+    response, scale = dot_response(hu, spacing_zyx_mm, lungs)
     peaks = (response == ndimage.maximum_filter(response, 5)) & (response > min_response)
     spacing = np.asarray(spacing_zyx_mm, float)
     out = []
