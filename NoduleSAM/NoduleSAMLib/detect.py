@@ -26,16 +26,20 @@ from .volume import CTVolume
 
 SLICES_PER_BATCH = 8  # slices per nnU-Net call when progress is reported (Cancel checks between)
 BACKENDS = ("auto", "torch", "openvino")
+MIN_OPENVINO_THREADS = 2
 LUNG_MARGIN_MM = 10.0  # beyond the lung field: slices above and below, and in-plane
 REGION_RULE = "lung field + 10 mm, grown to one tile; OpenCV resampling"  # how a CT is read: in cache keys
 
 
 @dataclass
 class Detection:
-    """probability: float32 ``[z, y, x]`` foreground probability; mask: bool, its argmax."""
+    """probability: float32 ``[z, y, x]`` foreground probability; mask: bool, its argmax;
+    lungs: the lung mask the detector's region came from (``lungs.lung_mask``), or None where it
+    was not computed (not a whole chest), so the candidate filters need not compute it again."""
 
     probability: np.ndarray
     mask: np.ndarray
+    lungs: np.ndarray | None = None
 
 
 def _read_json(path: Path, folder: Path) -> dict:
@@ -61,7 +65,8 @@ def load_checkpoint(path: Path) -> dict:
                              f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
-def detection_region(hu: np.ndarray, spacing_zyx_mm, tile_mm) -> tuple[slice, slice, slice] | None:
+def detection_region(hu: np.ndarray, spacing_zyx_mm, tile_mm, lungs: np.ndarray | None = None
+                     ) -> tuple[slice, slice, slice] | None:
     """The part of a whole-chest CT that the detector runs on, or None for all of it.
 
     The slices with lung field (``lungs.lung_mask``), and ``LUNG_MARGIN_MM`` beyond. In-plane,
@@ -69,11 +74,12 @@ def detection_region(hu: np.ndarray, spacing_zyx_mm, tile_mm) -> tuple[slice, sl
     (``tile_mm``, y and x) where the image allows: the network then sees as much of the chest as
     before, in one tile per slice where the whole slice needed four. The lung gate drops
     candidates outside the lungs anyway. None for volumes that do not show the whole chest
-    (crops, VOIs) and where no lung field is found.
+    (crops, VOIs) and where no lung field is found. ``lungs``: ``lung_mask(hu, spacing_zyx_mm)``
+    where the caller has it.
     """
     if not shows_whole_chest(hu.shape, spacing_zyx_mm):
         return None
-    lungs = lung_mask(hu, spacing_zyx_mm)
+    lungs = lung_mask(hu, spacing_zyx_mm) if lungs is None else lungs
     if not lungs.any():
         return None
     region = []
@@ -143,7 +149,10 @@ def openvino_network(network, parameters: list[dict], patch_size, threads: int |
 
     from .models import cache_dir
 
-    threads = threads or torch.get_num_threads()
+    # OpenVINO's CPU kernels give the same output for any 2 or more threads, but a different one
+    # (about 2e-4 in the logits) on 1 thread: a batch worker with one CPU would not reproduce
+    # ``segment``. So never fewer than 2.
+    threads = max(MIN_OPENVINO_THREADS, threads or torch.get_num_threads())
     version = ov.__version__.split("-")[0]
     compiled = {}
     for state in parameters:
@@ -182,15 +191,15 @@ class Detector:
     device: ``cpu`` or ``cuda``; mirroring: test-time mirroring (4x slower, slightly better).
     crop_to_lungs: on a whole-chest CT, run on ``detection_region`` only, else on every voxel.
     opencv_resampling: resample in-plane with OpenCV (``resample_slices``), else with nnU-Net's own.
-    backend: ``torch`` (the default), ``openvino`` or ``auto`` (OpenVINO on a CPU where it is
-      installed); ``self.backend`` says which one runs. OpenVINO is about twice as fast per tile
-      and within 0.003 of torch, but its output depends on its thread count (0.013 between 1 and
-      2 threads), so a cohort batch with one thread per worker would not reproduce ``segment``;
-      torch gives the same probabilities whatever the thread count.
+    backend: ``auto`` (the default: OpenVINO on a CPU where it is installed, else torch),
+      ``torch`` or ``openvino``; ``self.backend`` says which one runs. OpenVINO is about twice as
+      fast per tile and within 0.003 of torch's probabilities. It runs on at least
+      ``MIN_OPENVINO_THREADS`` threads, where its output no longer depends on the thread count,
+      so a batch worker with one CPU reproduces ``segment``.
     """
 
     def __init__(self, folder: str | Path, folds=(0,), checkpoint_name: str | None = None,
-                 device: str = "cpu", mirroring: bool = False, backend: str = "torch",
+                 device: str = "cpu", mirroring: bool = False, backend: str = "auto",
                  opencv_resampling: bool = True, crop_to_lungs: bool = True):
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -279,8 +288,10 @@ class Detector:
           Cancel). The model is 2D, so batches give the result of one call over the volume.
         """
         spacing = [float(v) for v in volume.spacing_zyx_mm]
-        region = (detection_region(volume.hu, spacing, self.tile_mm) if self.crop_to_lungs else None
-                  ) or (slice(None),) * 3
+        lungs = (lung_mask(volume.hu, spacing)
+                 if self.crop_to_lungs and shows_whole_chest(volume.hu.shape, spacing) else None)
+        region = (detection_region(volume.hu, spacing, self.tile_mm, lungs) if lungs is not None
+                  else None) or (slice(None),) * 3
         hu = volume.hu[region]
         depth = hu.shape[0]
         step = depth if progress is None else max(1, self.slices_per_batch)
@@ -295,4 +306,4 @@ class Detector:
             mask[rows] = np.asarray(seg) > 0
             if progress is not None:
                 progress(min(z0 + step, depth), depth)
-        return Detection(probability, mask)
+        return Detection(probability, mask, lungs)

@@ -129,8 +129,10 @@ class Pipeline:
         current = stages["detected"]
         whole_chest = shows_whole_chest(volume.hu.shape, spacing)
         with_blobs = self.fpr is not None and settings.blobs and whole_chest
-        lungs = (lung_mask(volume.hu, spacing)
-                 if whole_chest and (settings.min_in_lungs > 0 or with_blobs) else None)
+        lungs = None
+        if whole_chest and (settings.min_in_lungs > 0 or with_blobs):  # the detector's, if it has one
+            lungs = getattr(detection, "lungs", None)
+            lungs = lung_mask(volume.hu, spacing) if lungs is None else lungs
         if settings.min_in_lungs > 0 and whole_chest:
             current = stages["in_lungs"] = boxes_mod.in_lungs(current, lungs, settings.min_in_lungs)
         if settings.min_depth_ratio > 0:

@@ -1,7 +1,7 @@
 """Detector outputs cached on disk, so that every FROC row and filter reuses one detector run.
 
 The key is the detector folder's checkpoint hashes, how the detector reads a CT (which part,
-resampled how: ``detect.REGION_RULE``) and a fingerprint of the CT's voxels, so a changed
+resampled how: ``detect.REGION_RULE``), its backend (torch or OpenVINO) and a fingerprint of the CT's voxels, so a changed
 model, rule or (e.g. pasted) volume is never served a stale probability.
 """
 from __future__ import annotations
@@ -42,7 +42,9 @@ def cached_detection(detector, folder: Path, volume, cache_dir: Path | None):
 
     if cache_dir is None:
         return detector.predict(volume)
-    path = Path(cache_dir) / f"{detector_key(folder)}_{volume_key(volume.hu)}.npz"
+    backend = getattr(detector, "backend", "torch")  # OpenVINO's probabilities differ by <= 0.003
+    tag = "" if backend == "torch" else f"-{backend}"
+    path = Path(cache_dir) / f"{detector_key(folder)}{tag}_{volume_key(volume.hu)}.npz"
     if path.is_file():
         with np.load(path) as data:
             probability = data["probability"].astype(np.float32)

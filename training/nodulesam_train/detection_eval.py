@@ -253,8 +253,8 @@ def write_outputs(out: Path, summaries: dict, main_row: str, fps: list[dict], me
 def markdown(summaries: dict, main_row: str, meta: dict) -> str:
     rates = ["1/8", "1/4", "1/2", "1", "2", "4", "8"]
     lines = [f"# Detection on held-out scans ({meta['split']} split nodules pasted)", "",
-             f"Scans: {', '.join(meta['scans'])} (none trained any model). Detector `{meta['detector']}`, "
-             f"classifier `{meta['fpr']}`. {meta['lesions_real']} real and {meta['lesions_pasted']} pasted "
+             f"Scans: {', '.join(meta['scans'])} (none trained any model). Detector `{meta['detector']}` "
+             f"({meta.get('detector_backend', 'torch')}), classifier `{meta['fpr']}`. {meta['lesions_real']} real and {meta['lesions_pasted']} pasted "
              "lesions; false positives counted on the real scans.", "",
              "| row | CPM | " + " | ".join(f"sens @ {r}" for r in rates) + " | real found / all | FP total |",
              "|---|---|" + "---|" * len(rates) + "---|---|"]
@@ -322,7 +322,8 @@ def main(args) -> int:
     results = evaluate(scans, detector, folder, fpr, Path(args.cache_dir) if args.cache_dir else None, log)
     summaries = {row: summarise(records) for row, records in results.items()}
     main_row = "classifier, filters + blob candidates" if fpr is not None else "detector + lung gate + flat filter"
-    meta = {"split": args.split, "scans": args.scans, "detector": args.detector, "fpr": args.fpr,
+    meta = {"split": args.split, "scans": args.scans, "detector": args.detector,
+            "detector_backend": detector.backend, "fpr": args.fpr,
             "seed": args.seed, "per_copy": args.per_copy, "limit": args.limit,
             "lesions_real": summaries[main_row]["real"]["lesions"],
             "lesions_pasted": summaries[main_row]["pasted"]["lesions"]}

@@ -260,7 +260,8 @@ def test_the_detector_sees_the_lung_field_and_nothing_else_of_a_whole_ct(bundled
     spacing = ct_0001.spacing_zyx_mm
     zs, ys, xs = detection_region(ct_0001.hu, spacing, bundled_detector.detector.tile_mm)
     assert (ys, xs) == (slice(0, 512), slice(0, 512))
-    with_lungs = np.nonzero(lung_mask(ct_0001.hu, spacing).any(axis=(1, 2)))[0]
+    lungs = lung_mask(ct_0001.hu, spacing)
+    with_lungs = np.nonzero(lungs.any(axis=(1, 2)))[0]
     margin = int(np.ceil(LUNG_MARGIN_MM / spacing[0]))
     assert zs == slice(max(0, with_lungs[0] - margin), min(133, with_lungs[-1] + 1 + margin))
     detection = bundled_detector.predict(ct_0001)
@@ -268,6 +269,7 @@ def test_the_detector_sees_the_lung_field_and_nothing_else_of_a_whole_ct(bundled
     outside[zs] = False
     assert zs.stop - zs.start < 133 and detection.probability[outside].max() == 0
     assert not detection.mask[outside].any() and detection.mask[zs].any()
+    np.testing.assert_array_equal(detection.lungs, lungs)  # the candidate filters reuse it
 
 
 def test_a_wide_field_of_view_is_cut_to_one_tile_around_the_lungs(lidc_dir):
@@ -306,6 +308,30 @@ def test_openvino_and_torch_detectors_agree(lidc_dir, test_vois):
         assert a.mask.any()
     with pytest.raises(NoduleSAMError, match="unknown detector backend"):
         Detector(folder, backend="tensorrt")
+
+
+def test_openvino_detector_is_the_same_on_one_thread_and_two(test_vois):
+    """A batch worker with one CPU must reproduce ``segment`` on two: OpenVINO's kernels differ
+    on a single thread, so the detector never compiles for fewer than two."""
+    pytest.importorskip("openvino")
+    import torch
+
+    from NoduleSAMLib.models import detector_folder
+
+    folder, volume = detector_folder("nodule-detector"), test_vois[0][1]
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            detector = Detector(folder)
+            assert detector.backend == "openvino"  # auto, on a CPU where it is installed
+            results.append(detector.predict(volume))
+    finally:
+        torch.set_num_threads(before)
+    assert results[0].mask.any()
+    np.testing.assert_array_equal(results[0].probability, results[1].probability)
+    np.testing.assert_array_equal(results[0].mask, results[1].mask)
 
 
 def test_opencv_resampling_matches_nnunets(lidc_dir, test_vois):
