@@ -21,12 +21,11 @@ from scipy import ndimage
 from .errors import NoduleSAMError
 from .lungs import lung_mask, shows_whole_chest
 from .models import verify_file
-from .openvino_backend import cached_model, use_openvino, weights_digest
+from .openvino_backend import cached_model, cpu_threads, use_openvino, weights_digest
 from .volume import CTVolume
 
 SLICES_PER_BATCH = 8  # slices per nnU-Net call when progress is reported (Cancel checks between)
 BACKENDS = ("auto", "torch", "openvino")
-MIN_OPENVINO_THREADS = 2
 LUNG_MARGIN_MM = 10.0  # beyond the lung field: slices above and below, and in-plane
 REGION_RULE = "lung field + 10 mm, grown to one tile; OpenCV resampling"  # how a CT is read: in cache keys
 
@@ -149,10 +148,7 @@ def openvino_network(network, parameters: list[dict], patch_size, threads: int |
 
     from .models import cache_dir
 
-    # OpenVINO's CPU kernels give the same output for any 2 or more threads, but a different one
-    # (about 2e-4 in the logits) on 1 thread: a batch worker with one CPU would not reproduce
-    # ``segment``. So never fewer than 2.
-    threads = max(MIN_OPENVINO_THREADS, threads or torch.get_num_threads())
+    threads = cpu_threads(threads)
     version = ov.__version__.split("-")[0]
     compiled = {}
     for state in parameters:
@@ -194,8 +190,8 @@ class Detector:
     backend: ``auto`` (the default: OpenVINO on a CPU where it is installed, else torch),
       ``torch`` or ``openvino``; ``self.backend`` says which one runs. OpenVINO is about twice as
       fast per tile and within 0.003 of torch's probabilities. It runs on at least
-      ``MIN_OPENVINO_THREADS`` threads, where its output no longer depends on the thread count,
-      so a batch worker with one CPU reproduces ``segment``.
+      ``openvino_backend.MIN_THREADS`` threads, where its output no longer depends on the
+      thread count, so a batch worker with one CPU reproduces ``segment``.
     """
 
     def __init__(self, folder: str | Path, folds=(0,), checkpoint_name: str | None = None,

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NoduleSAMError
-from .openvino_backend import cached_model, use_openvino
+from .openvino_backend import cached_model, cpu_threads, use_openvino
 from .settings import SENSITIVITIES, CandidateSettings
 
 PATCH = 32
@@ -167,7 +167,7 @@ class OpenVINONetwork:
         path = cache_dir() / "openvino" / f"fpr-{key[:16]}-ov{ov.__version__.split('-')[0]}.xml"
         core, model = cached_model(path, convert)
         self.compiled = core.compile_model(model, "CPU", {
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"})
+            "INFERENCE_NUM_THREADS": cpu_threads(threads), "INFERENCE_PRECISION_HINT": "f32"})
 
     def __call__(self, patches: np.ndarray, log_extents: np.ndarray) -> np.ndarray:
         return self.compiled((patches, log_extents))[0]

@@ -27,6 +27,19 @@ def use_openvino(name: str, choices, on_cpu: bool, what: str) -> bool:
     return True
 
 
+MIN_THREADS = 2
+
+
+def cpu_threads(threads: int | None = None) -> int:
+    """The thread count to compile for: ``threads`` or torch's, and never fewer than
+    ``MIN_THREADS``. OpenVINO's CPU kernels give the same output for any 2 or more threads but a
+    different one on 1 (about 2e-4 in the detector's logits), and a batch worker with one CPU
+    must reproduce ``segment``."""
+    import torch
+
+    return max(MIN_THREADS, threads or torch.get_num_threads())
+
+
 def cached_model(path, convert):
     """``(core, model)``: the OpenVINO model saved at ``path`` (an ``.xml``), else ``convert()``'s,
     saved there with fp32 weights. The ``.bin`` is written before the ``.xml``, so a reader never
