@@ -200,7 +200,10 @@ def _strongest_blob(hu, spacing, click, scales_mm, search_mm, in_plane: bool):
 
     Where the smallest scale spans several voxels (the tumour scales on thin slices), the window
     is first averaged over blocks of about a quarter of that scale, so that a 32 mm scale on a
-    1 mm CT costs no more than a small nodule's."""
+    1 mm CT costs no more than a small nodule's. Otherwise each scale reads only the part of the
+    window that its Gaussian (scipy's 4 sigma) reaches from the voxels near the click: the same
+    responses to the last bit as on the whole window, in a fraction of the time for small
+    scales."""
     click = np.asarray(click, int)
     block = np.maximum(np.floor(min(scales_mm) / 4.0 / spacing), 1).astype(int)
     if in_plane:
@@ -218,8 +221,18 @@ def _strongest_blob(hu, spacing, click, scales_mm, search_mm, in_plane: bool):
         response, scale, at = _strongest_blob_on(coarse, spacing * block, (click - lo) // block,
                                                  scales_mm, search_mm, in_plane, block)
         return response, scale, np.minimum(at * block + block // 2, hi - lo - 1) + lo
-    response, scale, at = _strongest_blob_on(window, spacing, click - lo, scales_mm, search_mm, in_plane)
-    return response, scale, at + lo
+    best = (-np.inf, None, None)
+    for scale in scales_mm:  # each on the part of the window its response near the click reads
+        need = np.array([int(4.0 * scale / sp + 0.5) for sp in spacing]) + np.ceil(search_mm / spacing).astype(int)
+        near_lo = np.maximum(click - np.minimum(need, reach), lo) - lo
+        near_hi = np.minimum(click + np.minimum(need, reach) + 1, hi) - lo
+        if in_plane:
+            near_lo[0], near_hi[0] = 0, 1
+        part = window[near_lo[0]:near_hi[0], near_lo[1]:near_hi[1], near_lo[2]:near_hi[2]]
+        response, _, at = _strongest_blob_on(part, spacing, click - lo - near_lo, (scale,), search_mm, in_plane)
+        if response > best[0]:
+            best = (response, scale, at + near_lo + lo)
+    return best
 
 
 def _laplace(image, sigma, block):

@@ -153,6 +153,28 @@ def test_a_click_on_a_crop_a_few_slices_deep_gets_the_nodules_box(sam, lidc_dir)
                 assert box[1] - box[0] < slices  # the 3D blob's depth, not the whole crop
 
 
+def test_each_click_scale_on_its_part_of_the_window_answers_as_on_the_whole_window(nodule_crop_0001):
+    """Real CT around LIDC-IDRI-0001's nodule, clicks on and beside it: the strongest blob found
+    with each scale on only the part of the window its Gaussian reaches is the one found on the
+    whole window (response, scale and voxel to the last bit), in 2D and in 3D."""
+    from NoduleSAMLib.prompts import CLICK_SCALES_MM, _strongest_blob, _strongest_blob_on
+
+    crop, truth = nodule_crop_0001
+    hu, spacing = crop.hu, np.asarray(crop.spacing_zyx_mm, float)
+    centroid = np.round(np.argwhere(truth).mean(axis=0)).astype(int)
+    for click in (centroid, centroid + [0, 0, 6], np.array([12, 20, 100])):
+        reach = np.ceil((3.0 * max(CLICK_SCALES_MM) + 3.0) / spacing).astype(int)
+        lo, hi = np.maximum(click - reach, 0), np.minimum(click + reach + 1, hu.shape)
+        for in_plane in (True, False):
+            z0, z1 = (click[0], click[0] + 1) if in_plane else (lo[0], hi[0])
+            window = np.clip(hu[z0:z1, lo[1]:hi[1], lo[2]:hi[2]], -1000.0, 200.0).astype(np.float32)
+            start = np.array([z0, lo[1], lo[2]])
+            whole = _strongest_blob_on(window, spacing, click - start, CLICK_SCALES_MM, 3.0, in_plane)
+            parts = _strongest_blob(hu, spacing, click, CLICK_SCALES_MM, 3.0, in_plane)
+            assert parts[0] == whole[0] and parts[1] == whole[1], (click, in_plane, parts, whole)
+            assert np.array_equal(parts[2], whole[2] + start)
+
+
 def test_the_tumour_scales_on_a_block_averaged_window_answer_like_full_resolution():
     """An 80 mm ball on a 1 x 0.7 x 0.7 mm grid peaks above the click scales; its strongest blob
     at the tumour scales, found on the block-averaged window, has the scale and about the
