@@ -224,14 +224,14 @@ def _strongest_blob(hu, spacing, click, scales_mm, search_mm, in_plane: bool):
     best = (-np.inf, None, None)
     for scale in scales_mm:  # each on the part of the window its response near the click reads
         need = np.array([int(4.0 * scale / sp + 0.5) for sp in spacing]) + np.ceil(search_mm / spacing).astype(int)
-        near_lo = np.maximum(click - np.minimum(need, reach), lo) - lo
-        near_hi = np.minimum(click + np.minimum(need, reach) + 1, hi) - lo
+        part_lo = np.maximum(click - np.minimum(need, reach), lo) - lo
+        part_hi = np.minimum(click + np.minimum(need, reach) + 1, hi) - lo
         if in_plane:
-            near_lo[0], near_hi[0] = 0, 1
-        part = window[near_lo[0]:near_hi[0], near_lo[1]:near_hi[1], near_lo[2]:near_hi[2]]
-        response, _, at = _strongest_blob_on(part, spacing, click - lo - near_lo, (scale,), search_mm, in_plane)
+            part_lo[0], part_hi[0] = 0, 1
+        part = window[part_lo[0]:part_hi[0], part_lo[1]:part_hi[1], part_lo[2]:part_hi[2]]
+        response, _, at = _strongest_blob_on(part, spacing, click - lo - part_lo, (scale,), search_mm, in_plane)
         if response > best[0]:
-            best = (response, scale, at + near_lo + lo)
+            best = (response, scale, at + part_lo + lo)
     return best
 
 
@@ -249,9 +249,10 @@ def _laplace(image, sigma, block):
     return total
 
 
-def _strongest_blob_on(window, spacing, click, scales_mm, search_mm, in_plane: bool, block=np.ones(3, int)):
+def _strongest_blob_on(window, spacing, click, scales_mm, search_mm, in_plane: bool, block=None):
     """``_strongest_blob`` on the whole of ``window`` (click and peak in its voxels); ``window``
-    is ``hu`` averaged over blocks of ``block`` voxels (``spacing`` is the blocks')."""
+    is ``hu`` averaged over blocks of ``block`` voxels (default 1; ``spacing`` is the blocks')."""
+    block = np.ones(3, int) if block is None else np.asarray(block)
     grid = np.indices(window.shape, dtype=np.float32)
     near = np.sqrt(sum(((grid[a] - click[a]) * spacing[a]) ** 2 for a in range(3))) <= search_mm
     near[tuple(np.minimum(click, np.array(window.shape) - 1))] = True  # a coarse grid may hold no other
